@@ -1,0 +1,154 @@
+"""Typed schemas for the Hydra config: a misspelled key fails when the config is composed.
+
+The values live in ``conf/`` (once); these dataclasses only name the keys and their types. Each group
+YAML lists its schema first in its defaults (``defaults: [schema_<name>, _self_]``), so anything an
+experiment merges into that group is checked against the schema. Groups whose entries are arbitrary
+``_target_`` nodes (strategy, logger, callbacks) are checked when instantiated instead: an unknown
+argument is a TypeError before training starts.
+
+Importing this module registers the schemas in Hydra's ConfigStore (``mmtrain.conf`` imports it, so
+both ``python -m mmtrain`` and the compose API see them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = MISSING       # generated data and shards (toy world, converted datasets)
+    output_dir: str = MISSING      # root of run directories
+    run_dir: str = MISSING         # this run's directory (Hydra's output dir)
+
+
+@dataclass
+class ToyWorldConfig:
+    dir: str = MISSING
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    _target_: str = "mmtrain.lightning.datamodule.RetrievalDataModule"
+    mbeir_root: str = MISSING
+    shard_dir: str = MISSING
+    toy_world: Optional[ToyWorldConfig] = None
+    batch_size: int = 128
+    composition: str = "homogeneous"      # homogeneous | mixed | share
+    homogeneous_share: float = 1.0        # with composition=share: share of task-homogeneous batches
+    num_negatives: int = 0
+    instruction: str = "random"           # random | first
+    shuffle_buffer: int = 1000
+    num_workers: int = 1
+    eval_batch_size: int = 256
+    val_split: Optional[str] = "val"
+    test_split: Optional[str] = "test"
+    samples_per_shard: int = 1000
+    min_shards_per_source: int = 8
+    skip_invalid: bool = False
+
+
+@dataclass
+class TinyClipConfig:
+    """Shape of a from-scratch CLIP (mmtrain.models.clip_sf.TinyClip)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+    projection_dim: int = 64
+    max_position_embeddings: int = 64
+
+
+@dataclass
+class ClipSFConfig:
+    _target_: str = "mmtrain.models.clip_sf.ClipSFBackbone"
+    pretrained: Optional[str] = None
+    tokenizer: Optional[str] = None
+    tiny: Optional[TinyClipConfig] = None
+    max_text_length: int = 77
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LossConfig:
+    _target_: str = "mmtrain.models.loss.ContrastiveLoss"
+    temperature: float = 0.02
+    learnable_temperature: bool = False
+    max_logit_scale: float = 100.0
+    hard_negatives: str = "shared"        # shared (MM-Embed Eq. 1) | own (mmE5)
+    gather: bool = True
+    mask_false_negatives: bool = True
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Any = MISSING              # a `_partial_` optimizer node, e.g. torch.optim.AdamW
+    lr_schedule: str = "cosine"           # cosine | linear | constant
+    warmup_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_steps: int = MISSING
+    val_check_interval: Any = None
+    check_val_every_n_epoch: Optional[int] = None
+    limit_val_batches: Any = None
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 50
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False
+    benchmark: Optional[bool] = None
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    enable_checkpointing: bool = True
+    default_root_dir: Optional[str] = None
+    max_time: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    final_split: Optional[str] = "test"   # evaluated after training; None skips it
+    report: bool = True                   # table + results.{json,md,png} in the run directory
+
+
+@dataclass
+class Config:
+    name: str = "mmtrain"
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optim: Any = MISSING
+    trainer: Any = MISSING
+    strategy: Any = "auto"
+    logger: Any = field(default_factory=dict)
+    callbacks: Any = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="data", name="schema_retrieval", node=DataConfig)
+    cs.store(group="model", name="schema_clip_sf", node=ClipSFConfig)
+    cs.store(group="loss", name="schema_contrastive", node=LossConfig)
+    cs.store(group="optim", name="schema_optim", node=OptimConfig)
+    cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
+
+
+register()
