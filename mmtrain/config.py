@@ -28,8 +28,20 @@ class PathsConfig:
 
 @dataclass
 class ToyWorldConfig:
+    """Where and how the toy world is generated; a null size keeps the generator's default
+    (mmtrain/data/toy_world.py ToySizes)."""
+
     dir: str = MISSING
     seed: int = 0
+    n_train: Optional[int] = None        # queries per (dataset, task) pair
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+    n_distractors: Optional[int] = None  # pool-only scenes per dataset in val/test
+    captions_per_image: Optional[int] = None
+    beir_passages: Optional[int] = None
+    beir_train: Optional[int] = None
+    beir_test: Optional[int] = None
+    vocab_size: Optional[int] = None
 
 
 @dataclass

@@ -59,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 title = f"{cfg.name}: {split} split, global pool ({results[0].pool_size} candidates)"
                 paths = write_report(results, run_dir, title=title,
                                      extra={"name": cfg.name, "split": split, "seed": cfg.seed,
-                                            "global_step": trainer.global_step})
+                                            "global_step": trainer.global_step,
+                                            "world_size": trainer.world_size})
                 print("\n" + format_table(results, title=title))
                 print(f"\nreport: {', '.join(str(p) for p in paths.values())}")
         return summary

@@ -113,7 +113,26 @@ def _file_info(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def stale_source_files(manifest: dict[str, Any], mbeir_root: str | Path) -> list[str]:
+    """Source files that changed since the shards were written (or vanished). Cheap: a file whose
+    size and mtime match is taken as unchanged; only the others are hashed, so a copy that lost its
+    mtimes is not mistaken for new data."""
+    root, stale = Path(mbeir_root), []
+    for rel, info in manifest.get("source_files", {}).items():
+        path = root / rel
+        if not path.is_file():
+            stale.append(rel)
+            continue
+        st = path.stat()
+        if st.st_size == info["size"] and st.st_mtime_ns == info.get("mtime_ns"):
+            continue
+        if st.st_size != info["size"] or _file_info(path)["sha256"] != info["sha256"]:
+            stale.append(rel)
+    return stale
 
 
 def _write_tree(data: MBeirData, out: Path, samples_per_shard: int, min_shards: int) -> dict[str, Any]:
@@ -169,12 +188,27 @@ def write_mbeir_shards(mbeir_root: str | Path, out_dir: str | Path, *, splits: I
     return manifest
 
 
-def ensure_mbeir_shards(mbeir_root: str | Path, out_dir: str | Path, **kw: Any) -> dict[str, Any]:
+def ensure_mbeir_shards(mbeir_root: str | Path, out_dir: str | Path, *, rebuild_stale: bool = False,
+                        **kw: Any) -> dict[str, Any]:
     """The manifest of ``out_dir`` if it holds a finished conversion, else convert first (kw as
-    :func:`write_mbeir_shards`). Concurrent callers: the first to finish wins, the others read its result."""
+    :func:`write_mbeir_shards`). Concurrent callers: the first to finish wins, the others read its result.
+
+    Shards whose source files changed since they were written are stale: rebuilt when
+    ``rebuild_stale`` (generated data, e.g. the toy world), otherwise a clear error (nothing of the
+    user's is deleted)."""
     path = Path(out_dir) / MANIFEST
     if path.exists():
         manifest = read_manifest(out_dir)
+        stale = stale_source_files(manifest, mbeir_root)
+        if stale and not rebuild_stale:
+            raise RuntimeError(f"{out_dir} is stale: {len(stale)} source files under {mbeir_root} changed "
+                               f"since its shards were written (e.g. {stale[:3]}); delete it to rebuild")
+        if stale:
+            log.warning("%s is stale (%d source files changed); rebuilding", out_dir, len(stale))
+            old = Path(out_dir).parent / f"{Path(out_dir).name}.stale-{os.getpid()}"
+            os.replace(out_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
+            return ensure_mbeir_shards(mbeir_root, out_dir, **kw)
         asked = {"splits": list(kw.get("splits", SPLITS)), "samples_per_shard": kw.get("samples_per_shard", 1000),
                  "min_shards_per_source": kw.get("min_shards_per_source", 8)}
         differs = {k: (manifest.get(k), v) for k, v in asked.items() if manifest.get(k) != v}

@@ -298,24 +298,16 @@ def _generate(out_dir: Path, seed: int, sizes: ToySizes, accept_existing: bool) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def generate_toy_world(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 1200, n_val: int = 120,
-                       n_test: int = 150, n_distractors: int = 50, captions_per_image: int = 2,
-                       beir_passages: int = 1500, beir_train: int = 1000, beir_test: int = 200,
-                       vocab_size: int = 1000) -> Path:
-    """(Re)generate the toy world into ``out_dir`` (atomically: built in a temp dir, then renamed)."""
-    sizes = ToySizes(n_train, n_val, n_test, n_distractors, captions_per_image,
-                     beir_passages, beir_train, beir_test, vocab_size)
-    return _generate(Path(out_dir), seed, sizes, accept_existing=False)
+def generate_toy_world(out_dir: str | os.PathLike, *, seed: int = 0, **sizes: int) -> Path:
+    """(Re)generate the toy world into ``out_dir`` (atomically: built in a temp dir, then renamed).
+    ``sizes``: fields of ``ToySizes`` to change (an unknown name is a TypeError)."""
+    return _generate(Path(out_dir), seed, ToySizes(**sizes), accept_existing=False)
 
 
-def ensure_toy_world(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 1200, n_val: int = 120,
-                     n_test: int = 150, n_distractors: int = 50, captions_per_image: int = 2,
-                     beir_passages: int = 1500, beir_train: int = 1000, beir_test: int = 200,
-                     vocab_size: int = 1000) -> Path:
+def ensure_toy_world(out_dir: str | os.PathLike, *, seed: int = 0, **sizes: int) -> Path:
     """Return ``out_dir`` at once if it holds a complete world with this seed and these sizes;
     otherwise generate it. Safe under races: a process that loses the rename uses the winner's copy."""
-    sizes = ToySizes(n_train, n_val, n_test, n_distractors, captions_per_image,
-                     beir_passages, beir_train, beir_test, vocab_size)
+    sizes = ToySizes(**sizes)
     out = Path(out_dir).absolute()
     if _matches(out, seed, sizes):
         return out

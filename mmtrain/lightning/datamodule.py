@@ -52,9 +52,11 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.toy_world is not None:
-            toy = dict(self.toy_world)
+            toy = {k: v for k, v in self.toy_world.items() if v is not None}
             ensure_toy_world(toy.pop("dir"), **toy)
-        ensure_mbeir_shards(self.mbeir_root, self.shard_dir, **self.shard_kwargs)
+        # Generated data may be regenerated (other sizes): then its shards are rebuilt, not an error.
+        ensure_mbeir_shards(self.mbeir_root, self.shard_dir, rebuild_stale=self.toy_world is not None,
+                            **self.shard_kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:

@@ -93,6 +93,9 @@ class ClipScoreFusion(nn.Module):
     def __init__(self, clip: CLIPModel):
         super().__init__()
         self.clip = clip
+        # The temperature belongs to the loss (fixed or learnable there, initialised from config);
+        # CLIP's own logit_scale would be an unused parameter, which DDP rejects.
+        clip.logit_scale.requires_grad_(False)
 
     @property
     def dim(self) -> int:

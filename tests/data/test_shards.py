@@ -20,6 +20,7 @@ from mmtrain.data.shards import (
     load_eval_queries,
     load_pool,
     shard_sizes,
+    stale_source_files,
     write_mbeir_shards,
 )
 
@@ -163,7 +164,7 @@ def test_manifest_metadata(built) -> None:
         "name": "mscoco_task0", "dataset": "mscoco", "dataset_id": 9, "task_id": 0, "split": "val", "count": 3}
     tsv = root / "instructions/query_instructions.tsv"
     assert manifest["source_files"]["instructions/query_instructions.tsv"] == {
-        "size": tsv.stat().st_size, "sha256": hashlib.sha256(tsv.read_bytes()).hexdigest()}
+        "size": tsv.stat().st_size, "mtime_ns": tsv.stat().st_mtime_ns, "sha256": hashlib.sha256(tsv.read_bytes()).hexdigest()}
     assert "cand_pool/global/mbeir_union_test_cand_pool.jsonl" in manifest["source_files"]
 
 
@@ -223,3 +224,20 @@ def test_invalid_input_and_skip_invalid(tmp_path: Path) -> None:
     assert manifest["skipped_counts"] == {"missing_image": 1}
     assert manifest["skipped"][0]["location"] == "query/val/mbeir_oven_task6_val.jsonl:2"
     assert list(manifest["pools"]) == ["val"]
+
+
+def test_changed_source_makes_cache_stale(tmp_path):
+    """Shards record their sources; a changed source file is an error, or a rebuild when asked."""
+    root = write_mbeir_fixture(tmp_path / "mbeir")
+    out = tmp_path / "shards"
+    first = ensure_mbeir_shards(root, out, samples_per_shard=2, min_shards_per_source=1)
+    assert stale_source_files(first, root) == []
+    qrels = next((root / "qrels" / "test").glob("*.txt"))
+    os.utime(qrels, ns=(1, 1))                     # touched, same content: still fresh
+    assert stale_source_files(first, root) == []
+    qrels.write_text(qrels.read_text() + "\n")     # real change
+    assert stale_source_files(first, root) == [qrels.relative_to(root).as_posix()]
+    with pytest.raises(RuntimeError, match="stale"):
+        ensure_mbeir_shards(root, out, samples_per_shard=2, min_shards_per_source=1)
+    rebuilt = ensure_mbeir_shards(root, out, rebuild_stale=True, samples_per_shard=2, min_shards_per_source=1)
+    assert stale_source_files(rebuilt, root) == []
