@@ -24,6 +24,7 @@ class PathsConfig:
     cache_dir: str = MISSING       # generated data and shards (toy world, converted datasets)
     output_dir: str = MISSING      # root of run directories
     run_dir: str = MISSING         # this run's directory (Hydra's output dir)
+    pipeline_dir: str = MISSING    # where a staged pipeline's runs live: <pipeline_dir>/<stage name>
 
 
 @dataclass
@@ -54,6 +55,8 @@ class DataConfig:
     composition: str = "homogeneous"      # homogeneous | mixed | share
     homogeneous_share: float = 1.0        # with composition=share: share of task-homogeneous batches
     num_negatives: int = 0
+    negatives_table: Optional[str] = None  # mined negatives (mmtrain/mining/table.py) for hard stages
+    negative_sampling: str = "modality_aware"  # modality_aware (C1 or C2, p=1/2) | uniform | first
     instruction: str = "random"           # random | first
     shuffle_buffer: int = 1000
     num_workers: int = 1
@@ -63,6 +66,12 @@ class DataConfig:
     samples_per_shard: int = 1000
     min_shards_per_source: int = 8
     skip_invalid: bool = False
+    # Another format than M-BEIR (mmtrain/data/convert): {source: mmeb|tevatron|beir|..., reader kwargs,
+    # write options; toy_layout: mmeb|tevatron writes the toy world in that layout first}
+    convert: Optional[Any] = None
+    mix: Optional[Any] = None             # {other manifest dir: weight}; this shard_dir keeps weight `mix_self`
+    mix_self: float = 1.0
+    skip_corrupt: bool = False            # stream: skip (and count) corrupt samples instead of failing
 
 
 @dataclass
@@ -138,6 +147,15 @@ class EvalConfig:
 
 
 @dataclass
+class StageConfig:
+    """Which stage of a staged recipe this run is (MM-Embed: rand -> hard -> continual)."""
+
+    name: str = "single"                 # single (a plain run) | rand | hard | continual
+    init_from: Optional[str] = None      # checkpoint whose weights start the stage; None = the
+                                         # backbone's own weights (MM-Embed's hard stage: pretrained)
+
+
+@dataclass
 class Config:
     name: str = "mmtrain"
     seed: int = 0
@@ -151,6 +169,8 @@ class Config:
     logger: Any = field(default_factory=dict)
     callbacks: Any = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    pipeline: list[str] = field(default_factory=list)   # experiment names run one after another
 
 
 def register() -> None:

@@ -32,7 +32,8 @@ def build(cfg: DictConfig) -> tuple[RetrievalModule, L.LightningDataModule, L.Tr
     datamodule = instantiate(cfg.data, backbone=backbone, seed=cfg.seed)
     module = RetrievalModule(
         backbone=backbone, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim.optimizer),
-        lr_schedule=cfg.optim.lr_schedule, warmup_ratio=cfg.optim.warmup_ratio)
+        lr_schedule=cfg.optim.lr_schedule, warmup_ratio=cfg.optim.warmup_ratio,
+        init_from=cfg.stage.init_from)
     strategy = instantiate(cfg.strategy) if OmegaConf.is_dict(cfg.strategy) else cfg.strategy
     trainer = instantiate(cfg.trainer, strategy=strategy, logger=_named(cfg.logger) or False,
                           callbacks=_named(cfg.callbacks))

@@ -26,8 +26,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from mmtrain.data.corrupt import CorruptSkipper
 from mmtrain.data.schema import Item, TrainExample, task_label
+from mmtrain.data.pool_store import PoolStore
 from mmtrain.data.shards import iter_samples, read_manifest
+from mmtrain.mining.table import NegativesTable, sample_negatives
 
 COMPOSITIONS = ("homogeneous", "mixed", "share")
 INSTRUCTION_MODES = ("random", "first", "none")
@@ -83,7 +86,9 @@ class TrainStream(IterableDataset):
                  homogeneous_share: float = 1.0, seed: int = 0, num_negatives: int = 0,
                  collate_fn: Callable[[list[TrainExample]], Any] | None = None, shuffle_buffer: int = 1000,
                  instruction: str = "random", start_batch: int = 0, sources: list[str] | None = None,
-                 weights: dict[str, float] | None = None, max_passes: int | None = None) -> None:
+                 weights: dict[str, float] | None = None, max_passes: int | None = None,
+                 skip_corrupt: bool = False,
+                 negatives_table: str | Path | None = None, negative_sampling: str = "modality_aware") -> None:
         super().__init__()
         if batch_size < 1 or num_negatives < 0 or start_batch < 0 or not 0.0 <= homogeneous_share <= 1.0:
             raise ValueError("need batch_size >= 1, num_negatives >= 0, start_batch >= 0, 0 <= homogeneous_share <= 1")
@@ -111,6 +116,17 @@ class TrainStream(IterableDataset):
         self.seed, self.num_negatives, self.collate_fn = seed, num_negatives, collate_fn
         self.shuffle_buffer, self.instruction, self.start_batch = shuffle_buffer, instruction, start_batch
         self.max_passes = max_passes
+        # Corrupt samples fail the run unless skip_corrupt (then skipped, counted, logged: corrupt.py).
+        self._skipper = CorruptSkipper() if skip_corrupt else None
+        # Mined negatives (mmtrain/mining): a table of candidate ids per query, their content read
+        # from the training pool by id. Opened lazily in each worker (memory maps, file handles).
+        self.negatives_table = Path(negatives_table) if negatives_table else None
+        self.negative_sampling = negative_sampling
+        self._mined: tuple[NegativesTable, PoolStore] | None = None
+        if self.negatives_table is not None:
+            if num_negatives < 1:
+                raise ValueError("a negatives table needs num_negatives >= 1")
+            NegativesTable(self.negatives_table)  # fail now, with a clear message, if it is missing
 
     # -- what a batch draws ------------------------------------------------------------------------
     def batch_plan(self, b: int, exhausted: frozenset[int] = frozenset()) -> list[int]:
@@ -196,17 +212,22 @@ class TrainStream(IterableDataset):
             rng = random.Random(_seed(self.seed, _SHARDS, index, n_pass, rank, residue))
             order = list(shard_ids)
             rng.shuffle(order)
-            samples = self._read(src, order, offsets, None if by_shard else (slot, n_slots))
+            samples = self._read(src, order, offsets, None if by_shard else (slot, n_slots),
+                                 self._skipper.handler if self._skipper else None)
             if self.shuffle_buffer > 1:
                 samples = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
             for sample in samples:
-                yield self._example(sample, visit_rng)
+                if self._skipper is None:
+                    yield self._example(sample, visit_rng)
+                elif (example := self._skipper.example(self._example, sample, visit_rng)) is not None:
+                    yield example
             n_pass += 1
 
     @staticmethod
-    def _read(src: StreamSource, order: list[int], offsets: list[int], split: tuple[int, int] | None) -> Iterator[dict]:
+    def _read(src: StreamSource, order: list[int], offsets: list[int], split: tuple[int, int] | None,
+              handler: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
         for k in order:
-            for pos, sample in enumerate(iter_samples([src.shards[k]])):
+            for pos, sample in enumerate(iter_samples([src.shards[k]], handler)):
                 if split is None or (offsets[k] + pos) % split[1] == split[0]:
                     yield sample
 
@@ -224,17 +245,30 @@ class TrainStream(IterableDataset):
             instruction = instructions[rng.randrange(len(instructions))]
         elif instructions and self.instruction == "first":
             instruction = instructions[0]
-        chosen: list[dict] = []
-        if self.num_negatives and negatives:
-            if len(negatives) >= self.num_negatives:
-                chosen = rng.sample(negatives, self.num_negatives)
-            else:
-                chosen = [negatives[rng.randrange(len(negatives))] for _ in range(self.num_negatives)]
         q = j["query"]
         query = Item(q["text"], sample[q["image"]] if q["image"] else None, q["modality"], instruction, j["qid_hash"])
-        return TrainExample(query=query, positive=candidate(positive), negatives=[candidate(c) for c in chosen],
+        if self.negatives_table is not None:
+            chosen_items = self._mined_negatives(j["qid_hash"], rng)
+        else:
+            chosen: list[dict] = []
+            if self.num_negatives and negatives:
+                if len(negatives) >= self.num_negatives:
+                    chosen = rng.sample(negatives, self.num_negatives)
+                else:
+                    chosen = [negatives[rng.randrange(len(negatives))] for _ in range(self.num_negatives)]
+            chosen_items = [candidate(c) for c in chosen]
+        return TrainExample(query=query, positive=candidate(positive), negatives=chosen_items,
                             positive_ids=[p["did_hash"] for p in positives], task_id=j["task_id"],
                             dataset_id=j["dataset_id"], key=j["qid"])
+
+    def _mined_negatives(self, qid_hash: int, rng: random.Random) -> list[Item]:
+        """This visit's mined negatives (sampling policy of mmtrain.mining.table.sample_negatives);
+        a query the table has none for trains on in-batch negatives only."""
+        if self._mined is None:
+            self._mined = (NegativesTable(self.negatives_table), PoolStore(self.root, "train"))
+        table, store = self._mined
+        ids = sample_negatives(table.lookup(qid_hash), self.num_negatives, rng, self.negative_sampling)
+        return [store[i] for i in ids]
 
     # -- description -------------------------------------------------------------------------------
     def source_sizes(self) -> dict[str, int]:

@@ -15,6 +15,8 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from mmtrain.data.collate import IndexedItems, ItemCollator, TrainCollator
+from mmtrain.data.convert import prepare_converted
+from mmtrain.data.mix import mixed_train_dir, prepare_mix
 from mmtrain.data.shards import ensure_mbeir_shards, load_eval_queries, load_pool
 from mmtrain.data.stream import TrainStream
 from mmtrain.data.toy_world import ensure_toy_world
@@ -25,10 +27,13 @@ class RetrievalDataModule(L.LightningDataModule):
     def __init__(self, backbone: Any, mbeir_root: str, shard_dir: str, *,
                  toy_world: dict | None = None, batch_size: int = 128,
                  composition: str = "homogeneous", homogeneous_share: float = 1.0,
-                 num_negatives: int = 0, instruction: str = "random", shuffle_buffer: int = 1000,
+                 num_negatives: int = 0, negatives_table: str | None = None,
+                 negative_sampling: str = "modality_aware", instruction: str = "random",
+                 shuffle_buffer: int = 1000,
                  num_workers: int = 1, eval_batch_size: int = 256, val_split: str | None = "val",
                  test_split: str | None = "test", samples_per_shard: int = 1000,
-                 min_shards_per_source: int = 8, skip_invalid: bool = False, seed: int = 0):
+                 min_shards_per_source: int = 8, skip_invalid: bool = False, convert: dict | None = None,
+                 mix: dict | None = None, mix_self: float = 1.0, skip_corrupt: bool = False, seed: int = 0):
         super().__init__()
         self.backbone = backbone
         self.mbeir_root = Path(mbeir_root)
@@ -38,6 +43,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.composition = composition
         self.homogeneous_share = homogeneous_share
         self.num_negatives = num_negatives
+        self.negatives_table = negatives_table
+        self.negative_sampling = negative_sampling
         self.instruction = instruction
         self.shuffle_buffer = shuffle_buffer
         self.num_workers = num_workers
@@ -47,6 +54,11 @@ class RetrievalDataModule(L.LightningDataModule):
         self.shard_kwargs = dict(samples_per_shard=samples_per_shard,
                                  min_shards_per_source=min_shards_per_source, skip_invalid=skip_invalid)
         self.seed = seed
+        # Other formats (mmtrain/data/convert) and mixing with other manifests (mmtrain/data/mix.py).
+        self.convert = dict(convert) if convert else None
+        self.mix = {str(k): float(v) for k, v in mix.items()} if mix else None
+        self.mix_self = mix_self
+        self.skip_corrupt = skip_corrupt
         self.processor = None
         self._evaluators: dict[str, RetrievalEvaluator] = {}
 
@@ -55,8 +67,13 @@ class RetrievalDataModule(L.LightningDataModule):
             toy = {k: v for k, v in self.toy_world.items() if v is not None}
             ensure_toy_world(toy.pop("dir"), **toy)
         # Generated data may be regenerated (other sizes): then its shards are rebuilt, not an error.
-        ensure_mbeir_shards(self.mbeir_root, self.shard_dir, rebuild_stale=self.toy_world is not None,
-                            **self.shard_kwargs)
+        if self.convert is not None:
+            prepare_converted(self.shard_dir, self.convert, self.mbeir_root, rebuild_stale=self.toy_world is not None)
+        else:
+            ensure_mbeir_shards(self.mbeir_root, self.shard_dir, rebuild_stale=self.toy_world is not None,
+                                **self.shard_kwargs)
+        if self.mix:
+            prepare_mix(self.shard_dir, self.mix, self.mix_self)
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:
@@ -71,10 +88,13 @@ class RetrievalDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Resume: the stream replays to the batch the restored loop expects next.
         start = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
+        train_dir, weights = mixed_train_dir(self.shard_dir, self.mix, self.mix_self)
         stream = TrainStream(
-            self.shard_dir, batch_size=self.batch_size, composition=self.composition,
+            train_dir, weights=weights, skip_corrupt=self.skip_corrupt, batch_size=self.batch_size,
+            composition=self.composition,
             homogeneous_share=self.homogeneous_share, seed=self.seed,
-            num_negatives=self.num_negatives, instruction=self.instruction,
+            num_negatives=self.num_negatives, negatives_table=self.negatives_table,
+            negative_sampling=self.negative_sampling, instruction=self.instruction,
             shuffle_buffer=self.shuffle_buffer, start_batch=start,
             collate_fn=TrainCollator(self.processor, self.num_negatives))
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers,

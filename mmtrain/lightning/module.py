@@ -6,6 +6,7 @@ validation and test. Backbone-agnostic: it only sees the encoder contract
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -34,7 +35,7 @@ class RetrievalModule(L.LightningModule):
     """
 
     def __init__(self, backbone: Any, loss: ContrastiveLoss, optimizer: partial,
-                 lr_schedule: str = "cosine", warmup_ratio: float = 0.0):
+                 lr_schedule: str = "cosine", warmup_ratio: float = 0.0, init_from: str | None = None):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {lr_schedule!r} is not one of {sorted(LR_SCHEDULES)}")
@@ -44,12 +45,24 @@ class RetrievalModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_ratio = warmup_ratio
+        self.init_from = init_from
         self.eval_results: dict[str, list] = {}
         self._eval_buffers: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
 
     def configure_model(self) -> None:
         if self.encoder is None:
             self.encoder = self.backbone.build_encoder()
+            if self.init_from:
+                self._load_encoder_weights(self.init_from)
+
+    def _load_encoder_weights(self, path: str) -> None:
+        """Start from another run's weights (a staged recipe), not from its optimiser or step."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"stage.init_from={path} does not exist: run the previous stage first "
+                                    "(or point stage.init_from at its checkpoint)")
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        self.encoder.load_state_dict(weights)
 
     # ---------------------------------------------------------------- training
     def encode_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
