@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmtrain.data.schema import MODALITIES, format_string, task_id_for
+from mmtrain.data.schema import MODALITIES, TASKS, format_string, task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,10 @@ def read_instructions(path: str | Path) -> dict[str, list[str]]:
     return prompts
 
 
-def read_queries(path: str | Path, problems: Problems | None = None, *, shown: str | None = None) -> list[QueryRecord]:
+def read_queries(path: str | Path, problems: Problems | None = None, *, shown: str | None = None,
+                 allow_duplicate_qids: bool = False) -> list[QueryRecord]:
     """Parse a query jsonl. Lines with a problem are left out and reported (raised when no
-    ``problems`` collector is given)."""
+    ``problems`` collector is given). ``allow_duplicate_qids``: the upsampled union file repeats qids."""
     own, problems = problems is None, problems if problems is not None else Problems()
     out: list[QueryRecord] = []
     seen: dict[str, str] = {}
@@ -226,8 +227,12 @@ def read_queries(path: str | Path, problems: Problems | None = None, *, shown: s
             problems.add("bad_value", loc, "pos_cand_list must be a non-empty list of dids, neg_cand_list a list")
         elif task is not None and not isinstance(task, int):
             problems.add("bad_value", loc, f"task_id {task!r} is not an int")
-        elif obj["qid"] in seen:
+        elif task is not None and task not in TASKS:
+            problems.add("unknown_task_id", loc, f"task_id {task} is not an M-BEIR task {sorted(TASKS)}")
+        elif obj["qid"] in seen and not allow_duplicate_qids:
             problems.add("duplicate_qid", loc, f"qid {obj['qid']} already defined at {seen[obj['qid']]}")
+        elif "text" in str(obj["query_modality"]) and not format_string(obj.get("query_txt") or ""):
+            problems.add("empty_query", loc, f"query_modality={obj['query_modality']!r} but query_txt is empty")
         elif _check_modality(obj, "query_modality", "query_img_path", loc, problems, "query_txt"):
             seen[obj["qid"]] = loc
             out.append(QueryRecord(obj["qid"], format_string(obj.get("query_txt")), obj.get("query_img_path") or None,
@@ -308,6 +313,9 @@ def qrels_path(root: str | Path, dataset: str, task_id: int, split: str) -> Path
     return Path(root) / "qrels" / split / f"mbeir_{dataset}_task{task_id}_{split}_qrels.txt"
 
 
+UNION_TRAIN_FILE = "query/union_train/mbeir_union_up_train.jsonl"
+
+
 def discover_query_files(root: str | Path, split: str) -> list[tuple[str, int | None, Path]]:
     """(dataset name, task id from the file name or None for train files, path) for a split."""
     pattern = _TRAIN_FILE if split == "train" else _EVAL_FILE
@@ -344,7 +352,7 @@ def _dataset_ids(files: list[tuple[str, str, list[QueryRecord]]], problems: Prob
 
 def load_split(root: str | Path, split: str, instructions: dict[str, list[str]], problems: Problems, *,
                check_images: bool = True, image_cache: dict[str, str | None] | None = None,
-               files_read: list[Path] | None = None) -> MBeirSplit:
+               files_read: list[Path] | None = None, union_train: bool = False) -> MBeirSplit:
     """Read and resolve one split. Invalid candidates and queries are left out and reported in
     ``problems``; the caller decides whether that is fatal (see :func:`load_mbeir`)."""
     root = Path(root)
@@ -372,13 +380,22 @@ def load_split(root: str | Path, split: str, instructions: dict[str, list[str]],
     else:
         problems.add("missing_file", pool_shown, f"global pool of split {split!r} not found")
 
-    query_files = discover_query_files(root, split)
-    if not query_files:
-        problems.add("missing_file", f"query/{split}", "no query files for this split")
+    union = union_train and split == "train"
+    query_files = [("union", None, root / UNION_TRAIN_FILE)] if union else discover_query_files(root, split)
+    if not query_files or (union and not query_files[0][2].is_file()):
+        problems.add("missing_file", UNION_TRAIN_FILE if union else f"query/{split}", "no query files for this split")
+        query_files = []
     parsed = []
     for dataset, file_task, path in query_files:
         files_read.append(path)
-        parsed.append((dataset, file_task, _rel(root, path), read_queries(path, problems, shown=_rel(root, path))))
+        records = read_queries(path, problems, shown=_rel(root, path), allow_duplicate_qids=union)
+        if union:  # one file of every dataset: group by the qid prefix, named as M-BEIR names it
+            names = {i: n for n, i in MBEIR_DATASET_IDS.items()}
+            for dataset_id in sorted({r.dataset_id for r in records}):
+                group = [r for r in records if r.dataset_id == dataset_id]
+                parsed.append((names.get(dataset_id, f"dataset{dataset_id}"), None, _rel(root, path), group))
+        else:
+            parsed.append((dataset, file_task, _rel(root, path), records))
     dataset_ids = _dataset_ids([(d, s, r) for d, _, s, r in parsed], problems)
 
     def resolve(did: str, role: str, loc: str) -> CandRecord | None:
@@ -435,7 +452,7 @@ def load_split(root: str | Path, split: str, instructions: dict[str, list[str]],
 
 
 def load_mbeir(root: str | Path, splits: tuple[str, ...] | list[str] = SPLITS, *, skip_invalid: bool = False,
-               check_images: bool = True) -> MBeirData:
+               check_images: bool = True, union_train: bool = False) -> MBeirData:
     """Read, resolve and validate the given splits of an M-BEIR tree.
 
     Raises :class:`MBeirFormatError` listing every problem, unless ``skip_invalid`` is set; then the
@@ -453,7 +470,7 @@ def load_mbeir(root: str | Path, splits: tuple[str, ...] | list[str] = SPLITS, *
         problems.add("missing_file", INSTRUCTIONS_FILE, "instructions file not found")
     cache: dict[str, str | None] = {}
     loaded = {s: load_split(root, s, instructions, problems, check_images=check_images, image_cache=cache,
-                            files_read=files) for s in splits}
+                            files_read=files, union_train=union_train) for s in splits}
     fatal = [p for p in problems if p.kind in FATAL_KINDS]
     if problems and (not skip_invalid or fatal):
         raise MBeirFormatError(problems, root)

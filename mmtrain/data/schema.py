@@ -28,6 +28,21 @@ Query sample (query shards; one tar member per field, all sharing the sample's `
       "negatives": [ ...same shape as positives... ]
     }
 
+    Optional fields (written by the converters of mmtrain/data/convert; readers use ``.get``):
+
+      "subset": "MSCOCO_i2t",          # the source's own subset / config / modality tag (mmE5 "T2I")
+      "neg_dids": ["9:78", ...],       # every negative id the source lists (negatives by id); the
+                                       # inline ``negatives`` carry the content of those it could resolve
+      "candidate_dids": [...],         # MMEB-eval: the row's own candidate list, positive first (every
+                                       # did is in the split's pool), for MMEB's per-row protocol
+
+    ``source`` is the source family (``mbeir``, ``mmeb``, ``mme5_hardneg``, ``mme5_synthetic``, ``beir``,
+    ``tevatron``); ``language`` is an ISO code or null (unknown); ``dataset_id`` is -1 outside M-BEIR.
+    Ids that are not M-BEIR's ``d:i`` are hashed with ``convert.core.stable_hash`` (63-bit blake2b);
+    MMEB / mmE5 candidates have content-derived dids (``convert.core.content_did``). Texts of those
+    families keep their instruction inside (MMEB has no instruction field) and store image placeholders
+    neutral (mmtrain/data/placeholders.py).
+
     Training shards carry positives and negatives inline (``text`` and ``image`` filled), because a
     streamed batch needs their content. Evaluation shards carry every relevant did from the qrels
     in ``positives`` by id only (``text`` and ``image`` null): the pool holds their content.

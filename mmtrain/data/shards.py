@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,11 +236,24 @@ def _open_tars(tar_paths: Iterable[str | Path]) -> Iterator[dict]:
             yield {"url": str(path), "stream": f}
 
 
-def iter_samples(tar_paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+def iter_samples(tar_paths: Iterable[str | Path],
+                 handler: Callable[[Exception], bool] | None = None) -> Iterator[dict[str, Any]]:
     """Raw samples of the given shards in order: ``{"__key__", "__url__", "json": parsed dict,
-    "<member>": bytes...}`` (images stay encoded)."""
-    for sample in group_by_keys(tar_file_expander(_open_tars(tar_paths))):
-        sample["json"] = json.loads(sample["json"])
+    "<member>": bytes...}`` (images stay encoded).
+
+    ``handler``: None raises on a truncated tar or a sample without valid json; otherwise it is called
+    with the exception (webdataset's handler contract: return True to go on) and the bad sample or the
+    rest of a broken tar is skipped."""
+    kw = {"handler": handler} if handler is not None else {}
+    for sample in group_by_keys(tar_file_expander(_open_tars(tar_paths), **kw), **kw):
+        try:
+            sample["json"] = json.loads(sample["json"])
+        except (KeyError, ValueError) as e:  # no json member, or not json
+            if handler is None:
+                raise
+            if not handler(ValueError(f"{sample.get('__url__')}:{sample.get('__key__')}: bad json ({e!r})")):
+                return
+            continue
         yield sample
 
 

@@ -34,14 +34,16 @@ class HardNegativeMiningCallback(Callback):
         self.table: Path | None = None
         self.stats: dict = {}
 
+    def make_miner(self, shard_dir: str | Path) -> HardNegativeMiner:
+        return HardNegativeMiner(shard_dir, self.work_dir, self.rule, stage=self.stage,
+                                 keep_groups_from=self.keep_groups_from, keep_groups=self.keep_groups,
+                                 batch_size=self.batch_size, chunk_size=self.chunk_size,
+                                 query_block=self.query_block)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
-        miner = HardNegativeMiner(dm.shard_dir, self.work_dir, self.rule, stage=self.stage,
-                                  keep_groups_from=self.keep_groups_from, keep_groups=self.keep_groups,
-                                  batch_size=self.batch_size, chunk_size=self.chunk_size,
-                                  query_block=self.query_block)
-        self.table, self.stats = miner.run(
+        self.table, self.stats = self.make_miner(dm.shard_dir).run(
             pl_module.encoder, dm.processor, pl_module.device,
             provenance={"checkpoint": ckpt, "global_step": trainer.global_step, "seed": dm.seed},
             dist=Dist(barrier=trainer.strategy.barrier))

@@ -1,50 +1,12 @@
-"""A small toy world in shards, and a deterministic encoder whose embeddings a test can recompute."""
+"""A small toy world in shards, for the mining tests."""
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pytest
-import torch
+from mining_helpers import SMALL
 
-from mmtrain.data.schema import Item
 from mmtrain.data.shards import write_mbeir_shards
 from mmtrain.data.toy_world import generate_toy_world
-
-SMALL = dict(n_train=24, n_val=6, n_test=6, n_distractors=2, captions_per_image=2, beir_passages=20,
-             beir_train=10, beir_test=5, vocab_size=600)
-DIM = 16
-
-
-def item_vector(item: Item, query: bool) -> np.ndarray:
-    """A unit vector from the item's content (and its instruction for queries)."""
-    h = hashlib.sha256(f"{query}|{item.instruction if query else ''}|{item.text}|".encode() + (item.image or b""))
-    v = np.random.default_rng(int.from_bytes(h.digest()[:8], "little")).standard_normal(DIM)
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-class HashProcessor:
-    def __call__(self, items: list[Item]) -> dict:
-        return {"items": items}
-
-
-class HashEncoder(torch.nn.Module):
-    """Stands in for a trained encoder; counts how many items it encoded (resume tests)."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoded = 0
-
-    def _encode(self, inputs: dict, query: bool) -> torch.Tensor:
-        self.encoded += len(inputs["items"])
-        return torch.from_numpy(np.stack([item_vector(i, query) for i in inputs["items"]]))
-
-    def encode_queries(self, inputs):
-        return self._encode(inputs, True)
-
-    def encode_candidates(self, inputs):
-        return self._encode(inputs, False)
 
 
 @pytest.fixture(scope="session")

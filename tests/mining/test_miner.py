@@ -17,7 +17,7 @@ from mmtrain.mining.miner import HardNegativeMiner, load_training_queries
 from mmtrain.mining.rules import ModalityAwareRule, PositiveAwareRule, Ranking
 from mmtrain.mining.table import NegativesTable
 
-from conftest import HashEncoder, HashProcessor, item_vector
+from mining_helpers import HashEncoder, HashProcessor, item_vector
 
 # Small chunks and blocks, so the per-chunk top-k merge and the block split are exercised.
 SMALL_PARTS = dict(batch_size=7, chunk_size=50, query_block=37)
