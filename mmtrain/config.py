@@ -99,6 +99,98 @@ class ClipSFConfig:
 
 
 @dataclass
+class TinyMLLMConfig:
+    """Shape of a from-config MLLM (mmtrain.models.mllm.backbone.TinyMLLM)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+
+
+@dataclass
+class PoolingConfig:
+    kind: str = "last"                    # last (EOS / one-word) | mean | latent_attention (NV-Embed)
+    num_latents: int = 512
+    num_heads: int = 8
+    head_dim: Optional[int] = None        # None: the LLM hidden size (NV-Embed)
+    ff_mult: int = 4
+    mask_instruction: bool = True
+
+
+@dataclass
+class LoraSchema:
+    r: int = 8
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    use_dora: bool = False
+    init_lora_weights: Any = True         # true | false | gaussian | ...
+
+
+@dataclass
+class LLMSwapConfig:
+    source: str = MISSING
+    prefix: str = ""
+    pooling_prefix: Optional[str] = None
+    revision: Optional[str] = None
+
+
+@dataclass
+class MLLMConfig:
+    """Keys shared by the MLLM backbone specs (mmtrain/models/mllm/backbone.py)."""
+
+    _target_: str = MISSING
+    pretrained: Optional[str] = None
+    tokenizer: Optional[str] = None
+    tiny: Optional[TinyMLLMConfig] = None
+    template: str = "mm_embed"            # mm_embed | mme5 | llava_p
+    instruction_prefix: str = ""
+    query_prefix: str = "Query: "
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    lora: Optional[LoraSchema] = field(default_factory=LoraSchema)
+    bidirectional: bool = False
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"                # float32 | bfloat16 | float16 (weights as loaded)
+    attn_implementation: str = "sdpa"
+    max_query_length: int = 128
+    max_candidate_length: int = 128
+    padding_side: str = "right"
+    llm_swap: Optional[LLMSwapConfig] = None
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+@dataclass
+class LlavaNextSchema(MLLMConfig):
+    _target_: str = "mmtrain.models.mllm.LlavaNextBackbone"
+    global_view_only: bool = True
+    image_grid_pinpoints: Optional[list[list[int]]] = None
+
+
+@dataclass
+class MllamaSchema(MLLMConfig):
+    _target_: str = "mmtrain.models.mllm.MllamaBackbone"
+    template: str = "mme5"
+    max_image_tiles: int = 4
+
+
+@dataclass
+class Qwen2VLSchema(MLLMConfig):
+    _target_: str = "mmtrain.models.mllm.Qwen2VLBackbone"
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+
+
+@dataclass
 class LossConfig:
     _target_: str = "mmtrain.models.loss.ContrastiveLoss"
     temperature: float = 0.02
@@ -147,6 +239,15 @@ class EvalConfig:
 
 
 @dataclass
+class RunConfig:
+    """Launch-level settings: the run directory's resume and the pre-launch checks (mmtrain/run_dir.py,
+    mmtrain/preflight.py)."""
+
+    resume: bool = True                   # continue from <run_dir>/checkpoints/last.ckpt when present
+    min_free_disk_gb: float = 1.0         # preflight: free space needed under run_dir and cache_dir
+
+
+@dataclass
 class StageConfig:
     """Which stage of a staged recipe this run is (MM-Embed: rand -> hard -> continual)."""
 
@@ -171,6 +272,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     pipeline: list[str] = field(default_factory=list)   # experiment names run one after another
+    run: RunConfig = field(default_factory=RunConfig)
+    dry_run: bool = False                 # check the run (mmtrain/preflight.py), print, exit: no training
+    global_batch_size: Optional[int] = None  # declared; must equal batch_size x devices x nodes x accumulation
+    # The LightningModule: RetrievalModule, or GradCacheRetrievalModule with `chunk_size` (a layout
+    # picks it; mmtrain/lightning/gradcache.py). Its extra keys are checked when it is instantiated.
+    module: Any = field(default_factory=lambda: {"_target_": "mmtrain.lightning.module.RetrievalModule"})
 
 
 def register() -> None:
@@ -178,9 +285,17 @@ def register() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="data", name="schema_retrieval", node=DataConfig)
     cs.store(group="model", name="schema_clip_sf", node=ClipSFConfig)
+    cs.store(group="model", name="schema_llava_next", node=LlavaNextSchema)
+    cs.store(group="model", name="schema_mllama", node=MllamaSchema)
+    cs.store(group="model", name="schema_qwen2_vl", node=Qwen2VLSchema)
     cs.store(group="loss", name="schema_contrastive", node=LossConfig)
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
 
 
 register()
+
+# The evaluation entry's schemas (conf/evaluate.yaml, conf/eval/*) live beside the benchmarks.
+from mmtrain.eval.benchmarks.schemas import register as _register_evaluation  # noqa: E402
+
+_register_evaluation()

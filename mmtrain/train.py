@@ -2,12 +2,18 @@
 
 A plain function of a composed config (``python -m mmtrain`` is a thin Hydra main over it; tests
 call it with the compose API). Returns the final summary metrics.
+
+Launched again with the same ``paths.run_dir`` (Hydra's run dir), it continues the same run: the
+last complete checkpoint, the same wandb run, the data stream at the restored step
+(mmtrain/run_dir.py). A stop on a signal or a time budget raises ``RunInterrupted`` after saving;
+``dry_run=true`` only checks (mmtrain/preflight.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.eval.metrics import summarize
 from mmtrain.eval.report import format_table, write_report
+from mmtrain.lightning.callbacks import AtomicCheckpointIO, RunInterrupted
 from mmtrain.lightning.module import RetrievalModule
+from mmtrain.preflight import dry_run, preflight
+from mmtrain.run_dir import RunDir, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
 
 
 def _named(nodes: DictConfig | None) -> list[Any]:
@@ -27,69 +38,168 @@ def _named(nodes: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (nodes or {}).values() if node is not None]
 
 
-def build(cfg: DictConfig) -> tuple[RetrievalModule, L.LightningDataModule, L.Trainer]:
+def _loggers(nodes: DictConfig | None, wandb_id: str | None) -> list[Any]:
+    """Like ``_named``; a wandb logger gets the run directory's wandb id so a relaunch resumes it."""
+    loggers = []
+    for node in (nodes or {}).values():
+        if node is None:
+            continue
+        is_wandb = "wandb" in str(node.get("_target_", "")).lower()
+        extra = {"id": wandb_id, "resume": "allow"} if is_wandb and wandb_id and "id" not in node else {}
+        loggers.append(instantiate(node, **extra))
+    return loggers
+
+
+def build(cfg: DictConfig, wandb_id: str | None = None) -> tuple[RetrievalModule, L.LightningDataModule, L.Trainer]:
     backbone = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, backbone=backbone, seed=cfg.seed)
-    module = RetrievalModule(
-        backbone=backbone, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim.optimizer),
+    # cfg.module picks the class (RetrievalModule, or GradCacheRetrievalModule with its chunk size).
+    module_node = cfg.get("module") or {"_target_": "mmtrain.lightning.module.RetrievalModule"}
+    module = instantiate(
+        module_node, backbone=backbone, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim.optimizer),
         lr_schedule=cfg.optim.lr_schedule, warmup_ratio=cfg.optim.warmup_ratio,
         init_from=cfg.stage.init_from)
     strategy = instantiate(cfg.strategy) if OmegaConf.is_dict(cfg.strategy) else cfg.strategy
-    trainer = instantiate(cfg.trainer, strategy=strategy, logger=_named(cfg.logger) or False,
-                          callbacks=_named(cfg.callbacks))
+    # Atomic checkpoint files (see AtomicCheckpointIO); DeepSpeed writes its own directories.
+    plugins = [] if "deepspeed" in str(cfg.strategy).lower() else [AtomicCheckpointIO()]
+    trainer = instantiate(cfg.trainer, strategy=strategy, logger=_loggers(cfg.logger, wandb_id) or False,
+                          callbacks=_named(cfg.callbacks), plugins=plugins)
     return module, datamodule, trainer
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-    module, datamodule, trainer = build(cfg)
-    if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("dry_run"):
+        return dry_run(cfg)
+    preflight(cfg)  # errors raise here, before anything is built
+    run = RunDir(cfg.paths.run_dir)
+    run.acquire()  # rank 0 owns the directory for this launch (RunDirBusy if another launch has it)
+    trainer: L.Trainer | None = None
+    summary: dict[str, Any] | None = None
+    status, error = "failed", None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(run_dir))
-        summary: dict[str, Any] = {}
-        split = cfg.eval.final_split
-        if split:
-            datamodule.test_split = split
-            trainer.test(module, datamodule=datamodule)
-            results = module.eval_results.get(split, [])
-            summary = summarize(results)
-            if trainer.is_global_zero and cfg.eval.report and results:
-                title = f"{cfg.name}: {split} split, global pool ({results[0].pool_size} candidates)"
-                paths = write_report(results, run_dir, title=title,
-                                     extra={"name": cfg.name, "split": split, "seed": cfg.seed,
-                                            "global_step": trainer.global_step,
-                                            "world_size": trainer.world_size})
-                print("\n" + format_table(results, title=title))
-                print(f"\nreport: {', '.join(str(p) for p in paths.values())}")
-        return summary
+        L.seed_everything(cfg.seed, workers=True)
+        module, datamodule, trainer = build(cfg, wandb_id=run.wandb_id())
+        if trainer.is_global_zero:
+            atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        ckpt = run.resume_checkpoint() if cfg.run.resume else None
+        if ckpt is not None:
+            log.info("resuming from %s", ckpt)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+        summary = _finished_summary(run, cfg, trainer.global_step)
+        if summary is None:
+            summary = _evaluate(cfg, run.path, module, datamodule, trainer)
+        status = "completed"
+        return summary | {"status": status, "global_step": trainer.global_step}
+    except (RunInterrupted, SystemExit) as e:  # SystemExit: Lightning's SIGTERMException, submitit's requeue
+        status, error = "interrupted", str(e) or type(e).__name__
+        _quietly(_mark_wandb_preempting)
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
     finally:
-        for logger in trainer.loggers:
-            finalize = getattr(logger, "finalize", None)
-            if finalize is not None:
-                finalize("success")
-        _finish_wandb()
+        if trainer is not None:
+            if trainer.is_global_zero:
+                _write_summary(run.path, cfg, status, trainer.global_step, trainer.world_size, error,
+                               summary if status == "completed" else None)
+            for logger in trainer.loggers:
+                finalize = getattr(logger, "finalize", None)
+                if finalize is not None:
+                    _quietly(finalize, "success" if status == "completed" else "failed")
+        # One failed job of a multirun sweep must not leave a wandb run or a process group behind.
+        _quietly(_finish_wandb, 0 if status == "completed" else 1)
+        _destroy_process_group()
+        run.release()
 
 
-def _resume_checkpoint(run_dir: Path) -> str | None:
-    """Relaunched in the same run directory: continue from its last checkpoint."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
+def _quietly(fn: Any, *args: Any) -> None:
+    """Clean-up after a stop must not replace the run's own outcome: on SLURM's SIGTERM the wandb
+    service process is signalled too and its connection may already be gone."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001
+        log.warning("clean-up %s failed: %s: %s", getattr(fn, "__name__", fn), type(e).__name__, e)
 
 
-def _finish_wandb() -> None:
+def _evaluate(cfg: DictConfig, run_dir: Path, module: RetrievalModule, datamodule: L.LightningDataModule,
+              trainer: L.Trainer) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    split = cfg.eval.final_split
+    if split:
+        datamodule.test_split = split
+        trainer.test(module, datamodule=datamodule)
+        results = module.eval_results.get(split, [])
+        summary = summarize(results)
+        if trainer.is_global_zero and cfg.eval.report and results:
+            title = f"{cfg.name}: {split} split, global pool ({results[0].pool_size} candidates)"
+            paths = write_report(results, run_dir, title=title,
+                                 extra={"name": cfg.name, "split": split, "seed": cfg.seed,
+                                        "global_step": trainer.global_step,
+                                        "world_size": trainer.world_size})
+            print("\n" + format_table(results, title=title))
+            print(f"\nreport: {', '.join(str(p) for p in paths.values())}")
+    return summary
+
+
+def _finished_summary(run: RunDir, cfg: DictConfig, global_step: int) -> dict[str, Any] | None:
+    """A relaunch of a run that already finished and evaluated at this step reuses that evaluation
+    (every rank reads the same file, so all skip or none do)."""
+    try:
+        saved = json.loads((run.path / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    same = (saved.get("status") == "completed" and saved.get("global_step") == global_step
+            and saved.get("split") == cfg.eval.final_split and saved.get("summary") is not None)
+    if not same or (cfg.eval.final_split and cfg.eval.report and not (run.path / "results.json").is_file()):
+        return None
+    log.info("run already finished and evaluated at step %d: reusing %s", global_step, run.path / SUMMARY_FILE)
+    summary = saved["summary"]
+    if isinstance(summary.get("recall"), dict):  # JSON made the k of R@k a string
+        summary["recall"] = {int(k) if str(k).isdigit() else k: v for k, v in summary["recall"].items()}
+    return summary
+
+
+def _write_summary(run_dir: Path, cfg: DictConfig, status: str, global_step: int, world_size: int,
+                   error: str | None, summary: dict[str, Any] | None) -> None:
+    """``summary.json``: what this launch ended with (sweeps tabulate it; relaunches reuse it)."""
+    if summary is not None:
+        summary = {k: v for k, v in summary.items() if k not in ("status", "global_step")}
+    payload = {"name": cfg.name, "status": status, "global_step": global_step, "world_size": world_size,
+               "split": cfg.eval.final_split, "error": error, "summary": summary,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(payload, indent=1, default=str) + "\n")
+    except OSError as e:  # never hide the run's own exception behind a failed summary write
+        log.warning("could not write %s: %s", run_dir / SUMMARY_FILE, e)
+
+
+def _mark_wandb_preempting() -> None:
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.run.mark_preempting()
+
+
+def _finish_wandb(exit_code: int = 0) -> None:
     # One failed run in a multirun sweep must not leave a wandb run open for the next job.
     try:
         import wandb
     except ImportError:
         return
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # noqa: BLE001 (teardown after a failure: report, do not mask it)
+            log.warning("destroy_process_group failed: %s", e)
 
 
 def summary_json(summary: dict[str, Any]) -> str:

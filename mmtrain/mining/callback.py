@@ -24,13 +24,15 @@ class HardNegativeMiningCallback(Callback):
 
     def __init__(self, rule: NegativeRule, work_dir: str, stage: str = "",
                  keep_groups_from: str | None = None, keep_groups: tuple[str, ...] = ("C1",),
-                 batch_size: int = 256, chunk_size: int = 8192, query_block: int = 4096):
+                 batch_size: int = 256, chunk_size: int = 8192, query_block: int = 4096,
+                 num_workers: int = 0):
         self.rule = rule
         self.work_dir = Path(work_dir)
         self.stage = stage
         self.keep_groups_from = keep_groups_from
         self.keep_groups = tuple(keep_groups)
         self.batch_size, self.chunk_size, self.query_block = batch_size, chunk_size, query_block
+        self.num_workers = num_workers  # DataLoader workers collating (decoding, tokenising) for the encoder
         self.table: Path | None = None
         self.stats: dict = {}
 
@@ -38,7 +40,7 @@ class HardNegativeMiningCallback(Callback):
         return HardNegativeMiner(shard_dir, self.work_dir, self.rule, stage=self.stage,
                                  keep_groups_from=self.keep_groups_from, keep_groups=self.keep_groups,
                                  batch_size=self.batch_size, chunk_size=self.chunk_size,
-                                 query_block=self.query_block)
+                                 query_block=self.query_block, num_workers=self.num_workers)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
