@@ -24,6 +24,10 @@ export MMTRAIN_CACHE=${MMTRAIN_CACHE:-$HOME/.cache/mmtrain}
 # Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch, so a task would get 1 core
 # and its DataLoader workers would share it.
 if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
+# sbatch passes the submitting shell's environment on; a WANDB_SERVICE from a Python session that
+# used wandb would make every job attach its runs to that session's wandb service (and a requeued
+# job then fails with "run ID ... is in use"). Each job starts its own.
+unset WANDB_SERVICE
 # Unbuffered output: the job log shows progress, and the last lines before a kill are not lost.
 export PYTHONUNBUFFERED=1
 # A hung or crashed rank prints its Python stack (also on `scancel --signal=...` of SIGABRT).

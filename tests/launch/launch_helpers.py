@@ -25,7 +25,10 @@ def small(cache: Path, *extra: str) -> list[str]:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+    """This environment for a child run, minus the wandb service an in-process test may have started
+    here (wandb keeps its address in WANDB_SERVICE; a child would log through it)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:

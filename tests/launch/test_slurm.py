@@ -43,8 +43,10 @@ def slurm() -> None:
 
 
 def submit(tmp_path: Path, *overrides: str) -> str:
+    # As if submitted from a Python session that used wandb: launch/env.sh must not let the job
+    # attach to that session's wandb service (a requeued job then failed with "run ID is in use").
     env = {**os.environ, "PYTHON": sys.executable, "MMTRAIN_HOME": str(REPO), "MMTRAIN_OUTPUT": str(tmp_path / "out"),
-           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "WANDB_SERVICE": "submitting-session-service"}
     proc = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
                            f"--output={tmp_path}/slurm-%j.out", str(SBATCH), *overrides],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
