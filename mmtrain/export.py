@@ -204,7 +204,7 @@ def from_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = 
         with tempfile.TemporaryDirectory() as tmp:
             state = convert_zero_checkpoint_to_fp32_state_dict(str(ckpt), f"{tmp}/fp32.ckpt")["state_dict"]
     else:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     missing, _ = encoder.load_state_dict(weights, strict=False)
     trained = {n for n, p in encoder.named_parameters() if p.requires_grad}
