@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,12 +152,16 @@ def _rel(root: Path, path: Path) -> str:
         return str(path)
 
 
-def _jsonl(path: Path, shown: str, problems: Problems) -> Iterator[tuple[str, dict]]:
-    """Yield (location, object) per non-empty line; malformed lines become problems."""
+def read_jsonl(path: Path, shown: str, problems: Problems,
+               on_line: Callable[[], None] | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield (location, object) per non-empty line; malformed lines become problems. ``on_line`` is
+    called for every non-empty line, malformed ones included (the converters count input records)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if on_line is not None:
+                on_line()
             loc = f"{shown}:{lineno}"
             try:
                 obj = json.loads(line)
@@ -214,7 +218,7 @@ def read_queries(path: str | Path, problems: Problems | None = None, *, shown: s
     own, problems = problems is None, problems if problems is not None else Problems()
     out: list[QueryRecord] = []
     seen: dict[str, str] = {}
-    for loc, obj in _jsonl(Path(path), shown or str(path), problems):
+    for loc, obj in read_jsonl(Path(path), shown or str(path), problems):
         missing = [k for k in ("qid", "query_modality", "pos_cand_list") if k not in obj]
         if missing:
             problems.add("missing_field", loc, f"missing {', '.join(missing)}")
@@ -246,7 +250,7 @@ def read_pool(path: str | Path, problems: Problems | None = None, *, shown: str 
     """Parse a candidate pool into did -> record; a duplicate did is an error (UniIR asserts it)."""
     own, problems = problems is None, problems if problems is not None else Problems()
     pool: dict[str, CandRecord] = {}
-    for loc, obj in _jsonl(Path(path), shown or str(path), problems):
+    for loc, obj in read_jsonl(Path(path), shown or str(path), problems):
         did = obj.get("did")
         if did is None or "modality" not in obj:
             problems.add("missing_field", loc, "missing did" if did is None else "missing modality")

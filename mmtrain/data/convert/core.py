@@ -32,7 +32,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from mmtrain.data.mbeir import Problems
+from mmtrain.data.mbeir import Problems, read_jsonl
 from mmtrain.data.schema import TASKS
 
 MAX_EXAMPLES_PER_KIND = 20
@@ -148,21 +148,10 @@ def read_rows(path: Path, shown: str, data: "Converted") -> Iterator[tuple[str, 
                 yield f"{shown}:row{row}", obj
                 row += 1
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            data.input_records += 1
-            loc = f"{shown}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.add("malformed_json", loc, str(e))
-                continue
-            if not isinstance(obj, dict):
-                problems.add("malformed_json", loc, f"expected a JSON object, got {type(obj).__name__}")
-                continue
-            yield loc, obj
+    def count() -> None:
+        data.input_records += 1
+
+    yield from read_jsonl(path, shown, problems, on_line=count)
 
 
 def image_ref(value: Any, image_root: Path) -> ImageRef | None:
