@@ -1,5 +1,8 @@
 """``python -m mmtrain [+experiment=NAME] [overrides]``: a thin Hydra main over ``mmtrain.train.train``.
 
+Without ``+experiment`` it runs ``default_pipeline`` (conf/config.yaml: the toy world's staged MM-Embed
+recipe, mmtrain/pipeline.py); an experiment runs its ``pipeline`` when it has one, else one training run.
+
 Exit status: 0 finished (or a clean dry run), 1 failed (or a dry run that found problems),
 75 (EX_TEMPFAIL) stopped early on a signal or the time budget with a checkpoint: run the same
 command again to continue. Inside a multirun sweep a failed job, or one that ran out of its time
@@ -18,6 +21,16 @@ import mmtrain.config  # noqa: F401  (registers the config schemas)
 EXIT_INTERRUPTED = 75
 
 
+def stages_to_run(cfg: DictConfig) -> list[str]:
+    """The experiments of a staged run, or [] for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.pipeline:
+        return list(cfg.pipeline)
+    chose_experiment = HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("experiment")
+    return [] if chose_experiment else list(cfg.default_pipeline)
+
+
 def _multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -30,11 +43,12 @@ def main(cfg: DictConfig) -> float | None:
     from mmtrain.lightning.callbacks import RunInterrupted
     from mmtrain.train import train  # heavy imports only once the config composed
 
+    stages = stages_to_run(cfg)
     if cfg.dry_run:
         from mmtrain.preflight import PreflightError, Problem, dry_run, dry_run_pipeline
-        if cfg.pipeline:
+        if stages:
             from mmtrain.pipeline import pipeline_overrides
-            report = dry_run_pipeline(list(cfg.pipeline), pipeline_overrides())
+            report = dry_run_pipeline(stages, pipeline_overrides())
         else:
             report = dry_run(cfg)
         if not report["ok"]:
@@ -43,10 +57,10 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(1)
         return None
     try:
-        if cfg.pipeline:  # a staged recipe: each stage composed from its experiment, run in turn
+        if stages:  # a staged recipe: each stage composed from its experiment, run in turn
             from mmtrain.pipeline import pipeline_overrides, run_pipeline
-            stages = run_pipeline(list(cfg.pipeline), pipeline_overrides())
-            summary = stages[-1]["results"]["summary"] if stages else {}
+            ran = run_pipeline(stages, pipeline_overrides())
+            summary = ran[-1]["results"]["summary"] if ran else {}
         else:
             summary = train(cfg)
     except RunInterrupted as e:

@@ -46,6 +46,27 @@ class ToyWorldConfig:
 
 
 @dataclass
+class TextRetrievalConfig:
+    """A text-retrieval set beside the multimodal data (MM-Embed §4.1.2): scored with nDCG@10 at the end
+    of every run, and mixed into training with ``train_weight`` (the continual stage: M-BEIR : text = 1 : 1)."""
+
+    convert: Any = MISSING                # {source: beir|tevatron, reader kwargs} (mmtrain/data/convert)
+    shard_dir: str = MISSING              # its converted shards (made once, cached)
+    train_weight: float = 0.0             # share in training relative to data.mix_self; 0 = evaluation only
+    eval_split: Optional[str] = "test"    # scored after training; None = never
+
+
+@dataclass
+class MixPartConfig:
+    """One extra training part of ``data.parts`` (mmtrain/lightning/datamodule.py): converted in
+    prepare_data like ``data.shard_dir``, then mixed with it (mmE5: MMEB labelled + synthetic)."""
+
+    shard_dir: str = MISSING              # its converted shards (an interpolation is fine here)
+    weight: float = MISSING               # draw weight relative to data.mix_self (inside: sources by size)
+    convert: Any = MISSING                # {source, reader kwargs} or {toy_layout, toy_options} (toy world)
+
+
+@dataclass
 class DataConfig:
     _target_: str = "mmtrain.lightning.datamodule.RetrievalDataModule"
     mbeir_root: str = MISSING
@@ -55,8 +76,11 @@ class DataConfig:
     composition: str = "homogeneous"      # homogeneous | mixed | share
     homogeneous_share: float = 1.0        # with composition=share: share of task-homogeneous batches
     num_negatives: int = 0
-    negatives_table: Optional[str] = None  # mined negatives (mmtrain/mining/table.py) for hard stages
+    negatives_table: Optional[Any] = None  # mined negatives (mmtrain/mining/table.py) for hard stages: a
+                                           # table or a list of tables (e.g. multimodal + text)
     negative_sampling: str = "modality_aware"  # modality_aware (C1 or C2, p=1/2) | uniform | first
+    negative_order: str = "random"        # a sample's own (inline) negatives: random | rotate (Tevatron:
+                                          # k consecutive of a fixed per-sample shuffle, from pass x k mod len)
     instruction: str = "random"           # random | first
     shuffle_buffer: int = 1000
     num_workers: int = 1
@@ -71,7 +95,12 @@ class DataConfig:
     convert: Optional[Any] = None
     mix: Optional[Any] = None             # {other manifest dir: weight}; this shard_dir keeps weight `mix_self`
     mix_self: float = 1.0
+    parts: dict[str, MixPartConfig] = field(default_factory=dict)   # named parts, converted then mixed
     skip_corrupt: bool = False            # stream: skip (and count) corrupt samples instead of failing
+    allow_stream_change: bool = False     # resume although the stream differs from the checkpoint's (warns)
+    text_retrieval: Optional[TextRetrievalConfig] = None
+
+
 
 
 @dataclass
@@ -202,6 +231,54 @@ class LossConfig:
 
 
 @dataclass
+class RobustTextWeights:
+    """lambda per kind of swapped caption (mmtrain/data/perturb.py); 0 = not made."""
+
+    same_concept: float = 0.0             # another synonym set of the replaced word's concept group
+    diff_concept: float = 0.0             # a word of another concept group
+    rand_voca: float = 0.0                # a word of the random vocabulary
+
+
+@dataclass
+class RobustSemanticConfig:
+    """RoCOCO's semantic contrastive (SC) loss: swapped captions as negatives of image queries."""
+
+    weights: RobustTextWeights = field(default_factory=RobustTextWeights)
+    tasks: list[int] = field(default_factory=lambda: [3])   # M-BEIR tasks whose text positives are swapped
+    groups: Optional[Any] = None          # {group: [word | [synonym, ...]]}; None: file or derived
+    vocabulary_file: Optional[str] = None  # YAML/JSON {groups: ..., random_words: [...]}
+    random_words: Optional[list[str]] = None  # None: from the file, else derived from training captions
+    min_count: int = 5                    # derived vocabulary: occurrences a word needs
+
+
+@dataclass
+class RobustImageWeights:
+    mix: float = 0.0                      # lam * a + (1 - lam) * b
+    patch: float = 0.0                    # a box of b pasted into a (CutMix)
+
+
+@dataclass
+class RobustVisualConfig:
+    """RoCOCO's visual contrastive (VC) loss: mixed images as negatives of text queries."""
+
+    weights: RobustImageWeights = field(default_factory=RobustImageWeights)
+    tasks: list[int] = field(default_factory=lambda: [0])   # M-BEIR tasks whose image positives are mixed
+    lam_min: float = 0.5                  # lam ~ U[lam_min, lam_max], one per batch
+    lam_max: float = 0.9
+
+
+@dataclass
+class RobustConfig:
+    """Robustness-aware training (RoCOCO SC / VC; robustness.md §1.2, docs/robustness.md)."""
+
+    enabled: bool = False
+    form: str = "softmax"                 # softmax (extra logit column) | hinge (margin on cosines)
+    margin: float = 0.2                   # hinge form only
+    sc: RobustSemanticConfig = field(default_factory=RobustSemanticConfig)
+    vc: RobustVisualConfig = field(default_factory=RobustVisualConfig)
+
+
+@dataclass
 class OptimConfig:
     optimizer: Any = MISSING              # a `_partial_` optimizer node, e.g. torch.optim.AdamW
     lr_schedule: str = "cosine"           # cosine | linear | constant
@@ -236,6 +313,10 @@ class TrainerConfig:
 class EvalConfig:
     final_split: Optional[str] = "test"   # evaluated after training; None skips it
     report: bool = True                   # table + results.{json,md,png} in the run directory
+    # Benchmarks run on the trained encoder after the final split, into the same report: {name: an
+    # `eval` group node (conf/eval/*.yaml, e.g. `- /eval@eval.benchmarks.xtd: xtd` in an experiment)}
+    # (mmtrain/eval/benchmarks/after_training.py).
+    benchmarks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -271,7 +352,10 @@ class Config:
     callbacks: Any = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     pipeline: list[str] = field(default_factory=list)   # experiment names run one after another
+    # What `python -m mmtrain` runs when no experiment is selected (mmtrain/__main__.py): the toy recipe.
+    default_pipeline: list[str] = field(default_factory=list)
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False                 # check the run (mmtrain/preflight.py), print, exit: no training
     global_batch_size: Optional[int] = None  # declared; must equal batch_size x devices x nodes x accumulation
@@ -280,10 +364,23 @@ class Config:
     module: Any = field(default_factory=lambda: {"_target_": "mmtrain.lightning.module.RetrievalModule"})
 
 
+@dataclass
+class ToyMMEBEval:
+    """``conf/eval/toy_mmeb.yaml``: the toy world's MMEB-eval tables through MMEB's per-row protocol
+    (mmtrain/eval/benchmarks/toy_variants.py). Stored in the evaluation entry's ``eval`` group."""
+
+    _target_: str = "mmtrain.eval.benchmarks.toy_variants.ToyMMEBBenchmark"
+    toy_world: Any = MISSING              # the data.toy_world node (dir, seed, sizes)
+    split: str = "test"
+    subsets: Optional[list[str]] = None   # null: every subset the layout has
+    title: Optional[str] = None
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     cs.store(group="data", name="schema_retrieval", node=DataConfig)
+    cs.store(group="eval", name="schema_toy_mmeb", node=ToyMMEBEval)
     cs.store(group="model", name="schema_clip_sf", node=ClipSFConfig)
     cs.store(group="model", name="schema_llava_next", node=LlavaNextSchema)
     cs.store(group="model", name="schema_mllama", node=MllamaSchema)
@@ -291,6 +388,7 @@ def register() -> None:
     cs.store(group="loss", name="schema_contrastive", node=LossConfig)
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
+    cs.store(group="robust", name="schema_robust", node=RobustConfig)
 
 
 register()
@@ -299,3 +397,8 @@ register()
 from mmtrain.eval.benchmarks.schemas import register as _register_evaluation  # noqa: E402
 
 _register_evaluation()
+
+# The synthesis entry's schemas (conf/synth.yaml, conf/synth/*) live beside it.
+from mmtrain.synth.config import register as _register_synthesis  # noqa: E402
+
+_register_synthesis()

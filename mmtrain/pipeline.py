@@ -7,7 +7,8 @@ tables by that convention (conf/stage/*.yaml), so a stage can also be rerun on i
 that already reached its max_steps resumes from its last checkpoint and is not trained again.
 
 At the end: one table per metric with a column per stage (MM-Embed Tables 1 and 2: R@5 and the modality
-accuracy of the top-1, M.A.@1, per task), written as pipeline.{md,json} into ``pipeline_dir``.
+accuracy of the top-1, M.A.@1, per task; the text set's nDCG@10 when the data has one, Table 6), written as
+pipeline.{md,json} into ``pipeline_dir``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def format_stage_table(stages: list[dict]) -> str:
             lines.append(f"| {p['task']} [{p['task_id']}] | {p['dataset']} | " + " | ".join(cells) + " |")
         means = [f"**{100 * s['results']['summary'][metric]:.1f}**" for s in stages]
         lines += ["| mean | | " + " | ".join(means) + " |", ""]
+    texts = [s["results"].get("extra", {}).get("text_retrieval") for s in stages]
+    if any(texts):
+        name = next(t for t in texts if t)["name"]
+        cells = [f"{100 * t['ndcg@10']:.1f}" if t else "—" for t in texts]
+        lines += ["### Text retrieval, nDCG@10 ×100", "", "| Set | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names), f"| {name} | " + " | ".join(cells) + " |", ""]
     return "\n".join(lines).rstrip()
 
 

@@ -182,26 +182,29 @@ def check_disk(cfg: DictConfig) -> list[Problem]:
 
 
 def check_negatives(cfg: DictConfig, will_exist: Iterable[str] = ()) -> list[Problem]:
-    """A hard-negative stage reads the table the previous stage mined (conf/stage/*.yaml)."""
+    """A hard-negative stage reads the table(s) the previous stage mined (conf/stage/*.yaml)."""
     data = cfg.data
-    table, k = data.get("negatives_table"), int(data.get("num_negatives", 0))
+    tables, k = data.get("negatives_table"), int(data.get("num_negatives", 0))
+    tables = [tables] if isinstance(tables, str) else list(tables or [])
     stage = cfg.stage.name if cfg.get("stage") else "single"
-    if k > 0 and not table and stage in ("hard", "continual"):
+    if k > 0 and not tables and stage in ("hard", "continual"):
         return [Problem(ERROR, "negatives", f"stage {stage} trains with data.num_negatives={k} but "
                                             "data.negatives_table is not set")]
-    if not table:
-        return []
-    if k == 0:
-        return [Problem(WARNING, "negatives", f"data.negatives_table={table} is set but data.num_negatives=0: unused")]
-    if str(Path(table).absolute()) in {str(Path(p).absolute()) for p in will_exist}:
-        return []
-    if not Path(table).is_dir():
-        return [Problem(ERROR, "negatives", f"data.negatives_table={table} does not exist: stage {stage} reads the "
-                                            "hard negatives mined at the end of the previous stage; run that stage "
-                                            "first (it writes <its run_dir>/mining/table)")]
-    if not (Path(table) / "meta.json").is_file():
-        return [Problem(ERROR, "negatives", f"data.negatives_table={table} has no meta.json: not a finished table")]
-    return []
+    if tables and k == 0:
+        return [Problem(WARNING, "negatives", f"data.negatives_table={tables} is set but data.num_negatives=0: unused")]
+    coming = {str(Path(p).absolute()) for p in will_exist}
+    problems = []
+    for table in tables:
+        if str(Path(table).absolute()) in coming:
+            continue
+        if not Path(table).is_dir():
+            problems.append(Problem(ERROR, "negatives", f"data.negatives_table {table} does not exist: stage {stage} "
+                                    "reads the hard negatives mined at the end of the previous stage; run that stage "
+                                    "first (it writes <its run_dir>/mining/table)"))
+        elif not (Path(table) / "meta.json").is_file():
+            problems.append(Problem(ERROR, "negatives", f"data.negatives_table {table} has no meta.json: not a "
+                                    "finished table"))
+    return problems
 
 
 def check_build(cfg: DictConfig) -> list[Problem]:
@@ -302,8 +305,8 @@ def dry_run_pipeline(experiments: list[str], overrides: list[str], out: Any = pr
         out(f"=== stage {cfg.stage.name} ({experiment})")
         reports.append(dry_run(cfg, will_exist, out))
         will_exist.append(str(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"))
-        mining = (cfg.get("callbacks") or {}).get("mining")
-        if mining is not None and mining.get("work_dir"):
-            will_exist.append(str(Path(mining.work_dir) / "table"))
+        for callback in (cfg.get("callbacks") or {}).values():  # every miner (mining, mining_text, ...)
+            if callback is not None and "Mining" in str(callback.get("_target_", "")) and callback.get("work_dir"):
+                will_exist.append(str(Path(callback.work_dir) / "table"))
     return {"status": "dry_run", "ok": all(r["ok"] for r in reports),
             "problems": [p for r in reports for p in r["problems"]]}

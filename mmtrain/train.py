@@ -52,13 +52,16 @@ def _loggers(nodes: DictConfig | None, wandb_id: str | None) -> list[Any]:
 
 def build(cfg: DictConfig, wandb_id: str | None = None) -> tuple[RetrievalModule, L.LightningDataModule, L.Trainer]:
     backbone = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data, backbone=backbone, seed=cfg.seed)
+    # The robust group (RoCOCO SC / VC, mmtrain/data/perturb.py) drives both the collator and the loss.
+    # Off (the default), neither gets the argument: everything is built exactly as without the group.
+    robust = {"robust": cfg.robust} if cfg.get("robust") is not None and cfg.robust.enabled else {}
+    datamodule = instantiate(cfg.data, backbone=backbone, seed=cfg.seed, **robust)
     # cfg.module picks the class (RetrievalModule, or GradCacheRetrievalModule with its chunk size).
     module_node = cfg.get("module") or {"_target_": "mmtrain.lightning.module.RetrievalModule"}
     module = instantiate(
         module_node, backbone=backbone, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim.optimizer),
         lr_schedule=cfg.optim.lr_schedule, warmup_ratio=cfg.optim.warmup_ratio,
-        init_from=cfg.stage.init_from)
+        init_from=cfg.stage.init_from, **robust)
     strategy = instantiate(cfg.strategy) if OmegaConf.is_dict(cfg.strategy) else cfg.strategy
     # Atomic checkpoint files (see AtomicCheckpointIO); DeepSpeed writes its own directories.
     plugins = [] if "deepspeed" in str(cfg.strategy).lower() else [AtomicCheckpointIO()]
@@ -130,14 +133,25 @@ def _evaluate(cfg: DictConfig, run_dir: Path, module: RetrievalModule, datamodul
         trainer.test(module, datamodule=datamodule)
         results = module.eval_results.get(split, [])
         summary = summarize(results)
+        text = module.text_results.get(split)
+        if text is not None:  # the text set (data.text_retrieval): MTEB's nDCG@10
+            summary["text"] = text
         if trainer.is_global_zero and cfg.eval.report and results:
             title = f"{cfg.name}: {split} split, global pool ({results[0].pool_size} candidates)"
-            paths = write_report(results, run_dir, title=title,
-                                 extra={"name": cfg.name, "split": split, "seed": cfg.seed,
-                                        "global_step": trainer.global_step,
-                                        "world_size": trainer.world_size})
+            extra = {"name": cfg.name, "split": split, "seed": cfg.seed, "global_step": trainer.global_step,
+                     "world_size": trainer.world_size}
+            if text is not None:
+                extra |= {"text_retrieval": text, "text_ndcg10": text["ndcg@10"]}
+            paths = write_report(results, run_dir, title=title, extra=extra)
             print("\n" + format_table(results, title=title))
+            if text is not None:
+                print(f"\ntext retrieval ({text['name']}, {text['num_queries']} queries, {text['corpus_size']} "
+                      f"documents): nDCG@10 {100 * text['ndcg@10']:.1f}")
             print(f"\nreport: {', '.join(str(p) for p in paths.values())}")
+    if cfg.eval.get("benchmarks"):  # e.g. mmE5's MMEB + XTD on the trained encoder, in the same report
+        from mmtrain.eval.benchmarks.after_training import run_benchmarks
+
+        summary["benchmarks"] = run_benchmarks(cfg, run_dir, module, datamodule, trainer)
     return summary
 
 

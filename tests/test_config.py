@@ -16,7 +16,14 @@ from omegaconf.errors import ConfigKeyError
 import mmtrain.conf
 
 EXPERIMENTS = sorted(p.stem for p in (Path(mmtrain.conf.__file__).parent / "experiment").glob("*.yaml"))
-REQUIRED = {"clip_sf_mbeir": ["data.mbeir_root=/data/M-BEIR"]}
+REQUIRED = {"clip_sf_mbeir": ["data.mbeir_root=/data/M-BEIR"],
+            **{f"mm_embed_stage{i}": ["data.mbeir_root=/data/M-BEIR", "data.text_retrieval.convert.train=/d/t.jsonl"]
+               for i in (1, 2, 3)},
+            **{f"clip_sf_stage{i}": ["data.mbeir_root=/data/M-BEIR"] for i in (1, 2, 3)},
+            "mme5": ["data.convert.root=/d/hardneg", "data.convert.image_root=/d/hardneg",
+                     "data.parts.synthetic.convert.root=/d/syn", "data.parts.synthetic.convert.image_root=/d/syn",
+                     "eval.benchmarks.mmeb.root=/d/mmeb", "eval.benchmarks.mmeb.image_dir=/d/mmeb",
+                     "eval.benchmarks.xtd.root=/d/xtd", "eval.benchmarks.xtd.image_dir=/d/coco"]}
 
 
 def compose_cfg(overrides: list[str], tmp_path: Path):
@@ -79,3 +86,21 @@ def test_wrong_type_fails(tmp_path):
     searchpath = write_experiment(tmp_path, "data:\n  batch_size: many\n")
     with pytest.raises(ConfigCompositionException):
         compose_cfg([searchpath, "+experiment=probe"], tmp_path)
+
+
+@pytest.mark.parametrize("family", ["mm_embed", "clip_sf"])
+def test_stage_experiments_find_each_other(family, tmp_path):
+    """Stage n reads stage n-1's outputs under <output_dir>/<name>/seed<seed>/<stage> (docs/stages.md)."""
+    def stage(i):
+        with initialize_config_module("mmtrain.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[f"+experiment={family}_stage{i}", "data.mbeir_root=/d",
+                                               f"paths.output_dir={tmp_path}"])
+        return OmegaConf.to_container(cfg.stage, resolve=True), cfg.data.negatives_table
+    root = tmp_path / family / ("seed2023" if family == "clip_sf" else "seed0")  # UniIR's seed
+    s1, t1 = stage(1)
+    s2, t2 = stage(2)
+    s3, t3 = stage(3)
+    assert (s1["name"], s1["init_from"], t1) == ("rand", None, None)
+    assert (s2["name"], s2["init_from"], t2) == ("hard", None, str(root / "rand" / "mining" / "table"))
+    assert s3 == {"name": "continual", "init_from": str(root / "hard" / "checkpoints" / "last.ckpt")}
+    assert t3 == str(root / "hard" / "mining" / "table")

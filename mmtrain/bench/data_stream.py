@@ -1,6 +1,7 @@
 """Benchmark: samples/s of the shard stream vs a naive per-record jsonl + PIL loader (UniIR style).
 
     python -m mmtrain.bench.data_stream [--records 800] [--batches 40] [--batch-size 32] [--workers 2]
+                                        [--resume-step 2000] [--no-throughput]
 
 Both sides do the same work per sample: decode the query image, resize it to CLIP's 224 px, tokenise
 the query and positive text (the same ``ClipSFProcessor``), and collate (the same ``TrainCollator``),
@@ -14,6 +15,11 @@ once to a temporary directory.
 
 The two alternate ``--repeats`` times; the median throughput after one warm-up batch is compared.
 Conversion time is printed too (a one-off cost). Not a test: timings depend on the machine.
+
+Resume (``--resume-step N``, 0 = off): seconds from creating the DataLoader of a stream resumed at
+global batch N to its first batch, for ``TrainStream`` (skips by counting the batch plans and reading at
+most one pass of raw samples per reader) and ``ReplayStream`` (the earlier behaviour, kept here only:
+every example before N is read and built, then dropped); both must yield the same first batch.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,6 +44,14 @@ from mmtrain.data.schema import Item, TrainExample
 from mmtrain.data.stream import TrainStream
 from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
 from mmtrain.models.tokenizer import train_bpe_tokenizer
+
+class ReplayStream(TrainStream):
+    """The stream's resume before the skip-by-count: every worker builds each of its batches from batch
+    0 and drops those before ``start_batch`` (what finite mode still does)."""
+
+    def _resume_point(self, residue: int, num_workers: int) -> tuple[int, list[int]]:
+        return residue, [0] * len(self.sources)
+
 
 WORDS = "red green blue small large cat dog car tree house river bird boat city street beach".split()
 
@@ -91,6 +107,34 @@ def throughput(loader, n_batches: int, batch_size: int) -> float:
     return n_batches * batch_size / (time.perf_counter() - start)
 
 
+def first_batch_seconds(stream: TrainStream, workers: int) -> tuple[float, Any]:
+    start = time.perf_counter()
+    batch = next(iter(DataLoader(stream, batch_size=None, num_workers=workers)))
+    return time.perf_counter() - start, batch
+
+
+def resume_table(shards: Path, args: argparse.Namespace, collate: TrainCollator) -> None:
+    """Time to the first batch of a stream resumed at ``--resume-step``, skip-by-count vs replay."""
+    times: dict[str, list[float]] = {"skip by count (TrainStream)": [], "replay (old)": []}
+    first: dict[str, Any] = {}
+    for _ in range(args.repeats):
+        for name, cls in zip(times, (TrainStream, ReplayStream)):
+            stream = cls(shards, batch_size=args.batch_size, collate_fn=collate, shuffle_buffer=256, seed=0,
+                         start_batch=args.resume_step)
+            seconds, first[name] = first_batch_seconds(stream, args.workers)
+            times[name].append(seconds)
+    same = all(torch.equal(a, b) for a, b in zip(*(
+        [v for v in batch.values() if isinstance(v, torch.Tensor)] for batch in first.values())))
+    passes = args.resume_step * args.batch_size / args.records
+    print(f"\n| resume at step {args.resume_step} (batch {args.batch_size}, {passes:.0f} passes over "
+          f"{args.records} records, {args.workers} workers) | median s to first batch | per repeat |")
+    print("|---|---:|---|")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+    print(f"\nsame first batch: {same}; replay / skip: "
+          f"{statistics.median(times['replay (old)']) / statistics.median(times['skip by count (TrainStream)']):.1f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=800)
@@ -98,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--resume-step", type=int, default=0, help="also time a resume at this step (0: off)")
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput comparison")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "mmeb"
@@ -116,6 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         shard_mb = sum(f.stat().st_size for f in (Path(tmp) / "shards").rglob("*.tar")) / 1e6
         print(f"data: {args.records} records, {src_mb:.1f} MB of 640x480 JPEGs (made in {t1 - t0:.1f} s); "
               f"converted to {shard_mb:.1f} MB of shards in {t2 - t1:.1f} s")
+        if args.resume_step:
+            resume_table(Path(tmp) / "shards", args, collate)
+        if args.no_throughput:
+            return
         results: dict[str, list[float]] = {"naive jsonl + PIL": [], "shard stream": []}
         for _ in range(args.repeats):
             naive = DataLoader(NaiveDataset(root / "train/Bench/original.jsonl", root), batch_size=args.batch_size,

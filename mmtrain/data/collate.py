@@ -24,11 +24,17 @@ class TrainCollator:
     grid and ``negative_mask`` (B, K) which slots are real (a query may have fewer than K);
     ``positive_ids`` (B,), ``negative_ids`` (B, K) (-1 where empty), ``query_positive_ids`` (B, P)
     every labelled positive of each query (-1 padded), ``task_id`` (B,).
+
+    With a ``perturber`` (robust training, mmtrain/data/perturb.py ``BatchPerturber``) also
+    ``extra_negatives``: {kind: {"inputs": processor output, "rows": (R,) the rows they belong to}},
+    only for kinds that some row of the batch has; without one the batch is unchanged.
     """
 
-    def __init__(self, processor: Processor, num_negatives: int = 0):
+    def __init__(self, processor: Processor, num_negatives: int = 0,
+                 perturber: Callable[[list[TrainExample]], dict[str, tuple[list[Item], list[int]]]] | None = None):
         self.processor = processor
         self.num_negatives = num_negatives
+        self.perturber = perturber
 
     def __call__(self, examples: list[TrainExample]) -> dict[str, Any]:
         b, k = len(examples), self.num_negatives
@@ -57,6 +63,10 @@ class TrainCollator:
             batch["negative_slot"] = torch.tensor(slots, dtype=torch.long)
             batch["negative_mask"] = mask.view(b, k)
             batch["negative_ids"] = neg_ids
+        if self.perturber is not None:
+            batch["extra_negatives"] = {
+                kind: {"inputs": self.processor(items), "rows": torch.tensor(rows, dtype=torch.long)}
+                for kind, (items, rows) in self.perturber(examples).items() if rows}
         return batch
 
 

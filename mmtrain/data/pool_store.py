@@ -56,6 +56,7 @@ class PoolStore:
         self.shards = [self.root / p for p in read_manifest(self.root)["pools"][split]["shards"]]
         path = self.root / "pool" / split / INDEX
         if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)  # converted sets keep pool shards elsewhere
             tmp = path.with_name(f"{INDEX}.tmp-{os.getpid()}.npy")
             np.save(tmp, build_index(self.shards))
             os.replace(tmp, path)  # atomic: concurrent builders write the same bytes

@@ -16,7 +16,8 @@ from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule
 
 from mmtrain.eval.metrics import summarize
 from mmtrain.eval.retrieval import RetrievalEvaluator
-from mmtrain.models.loss import ContrastiveLoss
+from mmtrain.data.perturb import RobustSettings
+from mmtrain.models.loss import ContrastiveLoss, ExtraNegatives
 
 LR_SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -32,13 +33,20 @@ class RetrievalModule(L.LightningModule):
     ``backbone``: a spec with ``build_encoder()``; the encoder is built in ``configure_model`` so
     large models are created under the strategy. ``optimizer``: a partial taking param groups.
     Weight decay skips 1-d parameters and the temperature (UniIR ``train.py``).
+    ``robust``: the ``robust`` config group (RoCOCO SC / VC terms on the collator's synthesised
+    negatives, mmtrain/data/perturb.py); None or ``enabled: false`` trains with the plain loss.
     """
 
     def __init__(self, backbone: Any, loss: ContrastiveLoss, optimizer: partial,
-                 lr_schedule: str = "cosine", warmup_ratio: float = 0.0, init_from: str | None = None):
+                 lr_schedule: str = "cosine", warmup_ratio: float = 0.0, init_from: str | None = None,
+                 robust: Any = None):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {lr_schedule!r} is not one of {sorted(LR_SCHEDULES)}")
+        self.robust = RobustSettings.from_config(robust)
+        if self.robust is not None and type(self).training_step is not RetrievalModule.training_step:
+            raise NotImplementedError(f"robust losses are added in RetrievalModule.training_step; "
+                                      f"{type(self).__name__} trains with its own step (e.g. GradCache)")
         self.backbone = backbone
         self.encoder: torch.nn.Module | None = None
         self.loss = loss
@@ -47,7 +55,9 @@ class RetrievalModule(L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.init_from = init_from
         self.eval_results: dict[str, list] = {}
-        self._eval_buffers: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
+        self.text_results: dict[str, dict] = {}  # split -> the text set's scores (datamodule.text_retrieval)
+        # Per dataloader: (item index, embedding) batches until the epoch ends.
+        self._eval_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def configure_model(self) -> None:
         if self.encoder is None:
@@ -79,17 +89,38 @@ class RetrievalModule(L.LightningModule):
             neg = neg.view(b, k, -1)
         return {"query": q, "positive": p, "negatives": neg}
 
+    def encode_extra_negatives(self, batch: dict[str, Any], like: torch.Tensor) -> dict[str, ExtraNegatives]:
+        """The collator's synthesised negatives (``batch["extra_negatives"]``: {kind: {"inputs", "rows"}})
+        as (B, d) embeddings with a row mask, weighted by the robust settings."""
+        extras = batch.get("extra_negatives") or {}
+        if extras and self.robust is None:
+            raise ValueError(f"the batch carries extra negatives {sorted(extras)} but this module has no "
+                             f"robust settings: pass the same `robust` config to the module and the data")
+        out = {}
+        for kind, entry in extras.items():
+            if kind not in self.robust.weights:
+                raise KeyError(f"extra negatives of kind {kind!r} have no weight; weighted kinds: "
+                               f"{sorted(self.robust.weights)}")
+            rows = entry["rows"].to(like.device)
+            emb = like.new_zeros(like.shape).index_copy(0, rows, self.encoder.encode_candidates(entry["inputs"]))
+            mask = torch.zeros(like.shape[0], dtype=torch.bool, device=like.device).index_fill(0, rows, True)
+            out[kind] = ExtraNegatives(emb, mask, self.robust.weights[kind], self.robust.form, self.robust.margin)
+        return out
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         emb = self.encode_batch(batch)
         out = self.loss(emb["query"], emb["positive"], emb["negatives"],
                         negative_mask=batch.get("negative_mask"),
                         positive_ids=batch["positive_ids"],
                         negative_ids=batch.get("negative_ids"),
-                        query_positive_ids=batch["query_positive_ids"])
+                        query_positive_ids=batch["query_positive_ids"],
+                        extra_negatives=self.encode_extra_negatives(batch, emb["positive"]) or None)
         bs = emb["query"].shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
         self.log("train/accuracy", out.accuracy, batch_size=bs)
         self.log("train/logit_scale", out.logit_scale, batch_size=bs)
+        for kind, term in out.terms.items():
+            self.log(f"train/robust/{kind}", term, batch_size=bs)
         return out.loss
 
     def configure_optimizers(self):
@@ -107,11 +138,12 @@ class RetrievalModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---------------------------------------------------------------- evaluation
-    # Dataloader 0 yields pool candidates, dataloader 1 the split's queries (datamodule order).
+    # Even dataloaders yield candidates, odd ones queries: 0/1 the split's pool and queries, 2/3 the
+    # text set's corpus and queries when the datamodule has one (datamodule._eval_loaders).
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
-        encode = self.encoder.encode_candidates if dataloader_idx == 0 else self.encoder.encode_queries
+        encode = self.encoder.encode_queries if dataloader_idx % 2 else self.encoder.encode_candidates
         emb = encode(batch["inputs"]).float()
-        self._eval_buffers[dataloader_idx].append((batch["index"], emb))
+        self._eval_buffers.setdefault(dataloader_idx, []).append((batch["index"], emb))
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         self._eval_step(batch, dataloader_idx)
@@ -121,9 +153,9 @@ class RetrievalModule(L.LightningModule):
 
     def _gathered(self, which: int) -> torch.Tensor:
         """All ranks' embeddings of one side, de-duplicated (the sampler pads) and in item order."""
-        index = torch.cat([i for i, _ in self._eval_buffers[which]]).to(self.device)
-        emb = torch.cat([e for _, e in self._eval_buffers[which]])
-        self._eval_buffers[which] = []
+        buffers = self._eval_buffers.pop(which)
+        index = torch.cat([i for i, _ in buffers]).to(self.device)
+        emb = torch.cat([e for _, e in buffers])
         index, emb = self.all_gather(index), self.all_gather(emb)
         index, emb = index.reshape(-1), emb.reshape(-1, emb.shape[-1])
         order = torch.argsort(index, stable=True)
@@ -133,9 +165,17 @@ class RetrievalModule(L.LightningModule):
         return emb[keep].cpu()
 
     def _finish_eval(self, split: str) -> None:
-        if not self._eval_buffers[0] or not self._eval_buffers[1]:
-            self._eval_buffers = [[], []]
+        if 0 not in self._eval_buffers or 1 not in self._eval_buffers:
+            self._eval_buffers = {}
             return
+        if 2 in self._eval_buffers and 3 in self._eval_buffers:
+            text = self.trainer.datamodule.text_evaluator(split)
+            docs, text_queries = self._gathered(2), self._gathered(3)
+            self.text_results[split] = text.evaluate(text_queries, docs)
+            for key, value in self.text_results[split].items():
+                if key.startswith(("ndcg@", "hit_rate@")):
+                    self.log(f"{split}/text/{key}", value, rank_zero_only=True)
+        self._eval_buffers = {k: v for k, v in self._eval_buffers.items() if k in (0, 1)}
         evaluator: RetrievalEvaluator = self.trainer.datamodule.evaluator(split)
         cand, queries = self._gathered(0), self._gathered(1)
         results = evaluator.evaluate(queries, cand)

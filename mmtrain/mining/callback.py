@@ -19,13 +19,15 @@ class HardNegativeMiningCallback(Callback):
     the ranks), search, apply ``rule``, write ``<work_dir>/table`` and log the statistics.
 
     ``keep_groups_from``: a previous table whose ``keep_groups`` are carried over instead of re-mined
-    (MM-Embed stage 3: C1 from M_rand, C2 re-mined with M_hard).
+    (MM-Embed stage 3: C1 from M_rand, C2 re-mined with M_hard). ``shard_dir``: mine another converted
+    set than the one trained on (the text set of the continual stage, MM-Embed §4.1.2); default the
+    datamodule's.
     """
 
     def __init__(self, rule: NegativeRule, work_dir: str, stage: str = "",
                  keep_groups_from: str | None = None, keep_groups: tuple[str, ...] = ("C1",),
                  batch_size: int = 256, chunk_size: int = 8192, query_block: int = 4096,
-                 num_workers: int = 0):
+                 num_workers: int = 0, shard_dir: str | None = None):
         self.rule = rule
         self.work_dir = Path(work_dir)
         self.stage = stage
@@ -33,6 +35,7 @@ class HardNegativeMiningCallback(Callback):
         self.keep_groups = tuple(keep_groups)
         self.batch_size, self.chunk_size, self.query_block = batch_size, chunk_size, query_block
         self.num_workers = num_workers  # DataLoader workers collating (decoding, tokenising) for the encoder
+        self.shard_dir = shard_dir
         self.table: Path | None = None
         self.stats: dict = {}
 
@@ -45,7 +48,7 @@ class HardNegativeMiningCallback(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
-        self.table, self.stats = self.make_miner(dm.shard_dir).run(
+        self.table, self.stats = self.make_miner(self.shard_dir or dm.shard_dir).run(
             pl_module.encoder, dm.processor, pl_module.device,
             provenance={"checkpoint": ckpt, "global_step": trainer.global_step, "seed": dm.seed},
             dist=Dist(barrier=trainer.strategy.barrier))

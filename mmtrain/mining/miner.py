@@ -173,7 +173,7 @@ class HardNegativeMiner:
             mined = merge_groups(NegativesTable(self.keep_groups_from), self.keep_groups, mined)
         stats = mining_stats(queries, mined, top1)
         meta = {"stage": self.stage, "rule": self.rule.name, "rule_params": self.rule.params(),
-                "pool": {"shard_dir": str(self.shard_dir), "split": "train", "size": pool_size},
+                "pool": {"shard_dir": str(Path(self.shard_dir).resolve()), "split": "train", "size": pool_size},
                 "kept_groups": list(self.keep_groups) if self.keep_groups_from else [],
                 "kept_from": str(self.keep_groups_from) if self.keep_groups_from else None,
                 "stats": stats, **provenance}

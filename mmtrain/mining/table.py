@@ -88,6 +88,11 @@ class NegativesTable:
     def __len__(self) -> int:
         return len(self.qid_hash)
 
+    def contains(self, qid_hash: int) -> bool:
+        """Whether the query was mined (with or without result)."""
+        i = int(np.searchsorted(self.qid_hash, qid_hash))
+        return i < len(self.qid_hash) and self.qid_hash[i] == qid_hash
+
     def lookup(self, qid_hash: int) -> dict[str, list[tuple[int, int, float]]]:
         """``{group: [(did_hash, rank, score), ...]}`` for one query; {} when it was not mined."""
         i = int(np.searchsorted(self.qid_hash, qid_hash))
@@ -125,11 +130,15 @@ def sample_negatives(groups: Mapping[str, list[tuple[int, int, float]]], k: int,
     """Draw ``k`` negative ids for one visit.
 
     ``modality_aware`` (MM-Embed): each negative comes from C1 or C2 with equal probability (from the
-    non-empty one when the other is empty), uniformly within the group; ``uniform``: uniformly over
+    non-empty one when the other is empty), uniformly within the group; a query mined by another rule
+    (no C1/C2 group: e.g. the text set's positive-aware top-K in the continual stage) draws
+    ``uniform``-ly from what it has; ``uniform``: uniformly over
     all of the query's negatives; ``first``: the best-ranked ones in order (mmE5's fixed rank).
     Without replacement while the pool lasts. No negative at all -> [] (the query then trains on
     in-batch negatives only).
     """
+    if policy == "modality_aware" and not (groups.get("C1") or groups.get("C2")):
+        policy = "uniform"
     if policy == "modality_aware":
         pools = {g: [d for d, _, _ in groups.get(g, [])] for g in ("C1", "C2")}
         pools = {g: v for g, v in pools.items() if v}

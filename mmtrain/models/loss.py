@@ -18,12 +18,23 @@ which is exactly the gradient of the mean loss over the W*B queries of the globa
 and VLM2Vec instead gather queries too and compute the *full* global loss on every rank with the
 local slice re-inserted (no gradient through the gather); each rank then owns only its slice's
 share of grad(L), DDP's average leaves grad(L)/W, and they multiply the loss by W to undo it.
+
+Extra negatives (RoCOCO SC / VC, robustness.md §1.2; ``ExtraNegatives``): a synthesised negative of
+query i (its caption with one word swapped, its image mixed with another) adds a separate term per
+kind k, L = L_base + sum_k lambda_k L_k, never a column of L_base. Softmax form, the base row plus
+one column (weight 1 in the denominator; lambda_k only outside), over the rows R_k that have one:
+
+    L_k = -(1/B) sum_{i in R_k} log[ exp(s_i,target/tau) / (sum_{c in D_B} exp(s_ic/tau) + exp(s(q_i, n_i)/tau)) ]
+
+hinge form: L_k = (1/B) sum_{i in R_k} max(0, alpha - s(q_i, c_i+) + s(q_i, n_i)) on cosine scores.
+Dividing by B (not |R_k|) keeps each row's term the same whatever else is in the batch, and keeps
+the DDP argument above: per-rank means over equal local batch sizes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -38,6 +49,22 @@ class LossOutput:
     accuracy: torch.Tensor      # share of local queries whose target column has the top logit
     logit_scale: torch.Tensor   # 1 / tau actually used
     num_candidates: int         # logit columns per query, padded / masked slots included
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # extra-negative terms L_k, unweighted
+
+
+@dataclass
+class ExtraNegatives:
+    """One synthesised negative for some local queries (a RoCOCO SC / VC kind; module docstring).
+
+    ``embeddings`` (B, d), rows without a negative are ignored; ``mask`` (B,) bool, True = row i has
+    one; ``weight`` = lambda_k; ``form`` softmax | hinge; ``margin`` = alpha of the hinge form.
+    """
+
+    embeddings: torch.Tensor
+    mask: torch.Tensor
+    weight: float
+    form: str = "softmax"
+    margin: float = 0.2
 
 
 def _world_size() -> int:
@@ -104,12 +131,15 @@ class ContrastiveLoss(torch.nn.Module):
     def forward(self, query: torch.Tensor, positive: torch.Tensor,
                 negatives: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
                 positive_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
-                query_positive_ids: torch.Tensor | None = None) -> LossOutput:
+                query_positive_ids: torch.Tensor | None = None,
+                extra_negatives: dict[str, ExtraNegatives] | None = None) -> LossOutput:
         """Score local queries against the (gathered) candidates; see the class docstring.
 
         Shapes: query, positive (B, d); negatives (B, K, d); negative_mask (B, K) bool, True = a
         real negative; positive_ids (B,) int64; negative_ids (B, K); query_positive_ids (B, P)
         padded with -1. Without ``positive_ids`` nothing is masked as a false negative.
+        ``extra_negatives``: {kind: ExtraNegatives}, each adding weight * L_k (module docstring);
+        None or {} is the plain loss.
         """
         B, K = query.shape[0], (negatives.shape[1] if negatives is not None else 0)
         sizes = [B, positive.shape[0]] + ([] if negatives is None else [negatives.shape[0]])
@@ -177,5 +207,33 @@ class ContrastiveLoss(torch.nn.Module):
         logits = (logits * scale.to(dtype)).masked_fill(excluded, torch.finfo(dtype).min)
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()
+        terms = {}
+        for kind, extra in (extra_negatives or {}).items():
+            term = _extra_negative_term(extra, q, logits, targets, scale.to(dtype), pos_all[targets])
+            loss = loss + extra.weight * term
+            terms[kind] = term.detach()
         return LossOutput(loss=loss, accuracy=accuracy, logit_scale=scale.detach(),
-                          num_candidates=n)
+                          num_candidates=n, terms=terms)
+
+
+def _extra_negative_term(extra: ExtraNegatives, q: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                         scale: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """L_k of the module docstring. ``logits``: the base rows, scaled and masked; ``positive`` (B, d)
+    each query's own positive (unit vectors)."""
+    B = q.shape[0]
+    if extra.embeddings.shape != q.shape or tuple(extra.mask.shape) != (B,):
+        raise ValueError(f"extra negatives need embeddings {tuple(q.shape)} and mask ({B},); got "
+                         f"{tuple(extra.embeddings.shape)} and {tuple(extra.mask.shape)}")
+    rows = extra.mask.to(device=q.device, dtype=torch.bool)
+    # Rows without a negative are zeroed first: whatever they held (even NaN) reaches neither the
+    # value nor, through a 0 * NaN, the gradient.
+    emb = torch.where(rows.unsqueeze(1), extra.embeddings.to(q.dtype), torch.zeros((), dtype=q.dtype, device=q.device))
+    s_extra = (q * F.normalize(emb, dim=-1)).sum(-1)                                # (B,) cosine
+    if extra.form == "softmax":
+        per_row = F.cross_entropy(torch.cat([logits, (s_extra * scale).unsqueeze(1)], dim=1), targets,
+                                  reduction="none")
+    elif extra.form == "hinge":
+        per_row = (extra.margin - (q * positive).sum(-1) + s_extra).clamp(min=0)
+    else:
+        raise ValueError(f"extra negative form must be softmax or hinge, got {extra.form!r}")
+    return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / B

@@ -186,6 +186,7 @@ def test_same_seed_same_batches(shards: Path, rank) -> None:
 
 
 def test_start_batch_equals_skipping(shards: Path, rank, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More start points, worker counts and a late resume: tests/data/test_stream_resume.py."""
     rank(1, 2)
     kw = dict(batch_size=3, seed=13, num_negatives=1, composition="share", homogeneous_share=0.5)
     full = simulate_loader(TrainStream(shards, **kw), 2, 23, monkeypatch)
@@ -269,6 +270,8 @@ def test_dataloader_resume_and_rank_agreement(shards: Path, rank) -> None:
 
     full = loader_batches(0, 0, 16)
     assert loader_batches(0, 5, 11) == full[5:]
+    late = loader_batches(0, 0, 64)  # real forked workers, ~6 passes per reader in
+    assert loader_batches(0, 57, 7) == late[57:]
     other = loader_batches(1, 0, 16)
     assert [[k[0].split(":")[0] for k in b] for b in full] == [[k[0].split(":")[0] for k in b] for b in other]
     assert not {k[0] for b in full for k in b} & {k[0] for b in other for k in b}

@@ -57,7 +57,7 @@ def test_fewer_shards_than_workers_times_ranks(tmp_path, toy_cache):
 def test_missing_negatives_table_for_a_hard_negative_stage(tmp_path, toy_cache):
     report, problems = dry(tmp_path, toy_cache, "+experiment=toy_clip_sf_stage2", f"paths.output_dir={tmp_path}/out")
     [msg] = [p for p in problems if "negatives:" in p]
-    assert f"data.negatives_table={tmp_path}/out/toy_clip_sf/seed0/rand/mining/table does not exist" in msg
+    assert f"data.negatives_table {tmp_path}/out/toy_clip_sf/seed0/rand/mining/table does not exist" in msg
     assert "stage hard reads the hard negatives mined at the end of the previous stage" in msg
 
 
@@ -67,6 +67,17 @@ def test_a_pipeline_dry_run_knows_earlier_stages_write_the_table(tmp_path, toy_c
                                   [*small(toy_cache), f"paths.output_dir={tmp_path}/out", "dry_run=true"])
     assert report["ok"], report["problems"]
     assert capsys.readouterr().out.count("dry run: OK") == 3
+
+
+@pytest.mark.slow
+def test_no_experiment_means_the_staged_toy_recipe(tmp_path, toy_cache):
+    # `python -m mmtrain` runs the three stages (conf/config.yaml default_pipeline); here only their dry runs.
+    proc = run_cli([*small(toy_cache), f"paths.output_dir={tmp_path}/out", "dry_run=true"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    stages = [line for line in proc.stdout.splitlines() if line.startswith("=== stage")]
+    assert stages == ["=== stage rand (toy_clip_sf_stage1)", "=== stage hard (toy_clip_sf_stage2)",
+                      "=== stage continual (toy_clip_sf_stage3)"]
+    assert proc.stdout.count("dry run: OK") == 3
 
 
 def test_missing_data_path(tmp_path):
@@ -89,7 +100,8 @@ def test_a_normal_launch_runs_the_checks_first(tmp_path, toy_cache):
 
 @pytest.mark.slow
 def test_cli_exit_status(tmp_path, toy_cache):
-    bad = run_cli([f"hydra.run.dir={tmp_path}/run", *small(toy_cache), "dry_run=true", "global_batch_size=100"],
+    bad = run_cli(["+experiment=toy_clip_sf", f"hydra.run.dir={tmp_path}/run", *small(toy_cache), "dry_run=true",
+                   "global_batch_size=100"],
                   cwd=tmp_path)
     assert bad.returncode == 1, bad.stderr[-2000:]
     assert "[error] batch: global_batch_size=100 is declared" in bad.stdout

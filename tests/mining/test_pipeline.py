@@ -43,6 +43,18 @@ def test_staged_pipeline(tmp_path):
     key = "encoder.clip.text_projection.weight"
     assert not torch.equal(hard_w[key], rand_w[key])
 
+    # The text set: mined with M_hard by the positive-aware rule, mixed into stage 3 with its table,
+    # and scored (nDCG@10) after every stage.
+    text = NegativesTable(root / "hard" / "mining_text" / "table")
+    assert text.meta["rule"] == "positive_aware" and len(text) == 10  # beir_train queries
+    assert text.meta["pool"]["shard_dir"].endswith("_beir")
+    continual_cfg = (root / "continual" / "config.yaml").read_text()
+    assert str(root / "hard" / "mining_text" / "table") in continual_cfg and "train_weight: 1.0" in continual_cfg
+    for s in stages:
+        t = s["results"]["extra"]["text_retrieval"]
+        assert t["num_queries"] == 5 and t["corpus_size"] == 20 and 0.0 <= t["ndcg@10"] <= 1.0
+
     report = (root / "pipeline.md").read_text()
     assert "| Task | Dataset | rand | hard | continual |" in report and "M.A.@1" in report
+    assert "Text retrieval, nDCG@10" in report
     assert len(json.loads((root / "pipeline.json").read_text())) == 3

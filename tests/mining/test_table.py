@@ -61,3 +61,13 @@ def test_modality_aware_sampler_draws_c1_and_c2_half_each():
     two = sample_negatives(groups, 2, rng)
     assert len(set(two)) == 2                                                 # without replacement
     assert sample_negatives({"rank": [(5, 70, 0.3)], "topk": [(6, 2, 0.5)]}, 1, rng, "first") == [6]
+
+
+def test_modality_aware_sampler_falls_back_to_uniform_for_other_rules():
+    # The continual stage's text queries were mined by the positive-aware rule (group "topk" only).
+    topk = {"topk": [(11, 1, 0.8), (12, 2, 0.7), (13, 4, 0.6)]}
+    rng = random.Random(0)
+    draws = Counter(sample_negatives(topk, 1, rng)[0] for _ in range(6000))
+    assert set(draws) == {11, 12, 13} and all(abs(c / 6000 - 1 / 3) < 0.03 for c in draws.values())
+    # A query with C1/C2 never draws from another group.
+    assert {sample_negatives({"C1": [(1, 1, 0.9)], "topk": [(2, 1, 0.9)]}, 1, rng)[0] for _ in range(50)} == {1}

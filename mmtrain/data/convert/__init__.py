@@ -71,17 +71,23 @@ def ensure_converted(out_dir: str | Path, source: str, **kw: Any) -> dict[str, A
 
 def prepare_converted(out_dir: str | Path, spec: dict[str, Any], mbeir_root: str | Path,
                       rebuild_stale: bool = False) -> dict[str, Any]:
-    """The data module's conversion step (``data.convert``): ``spec`` = {source, reader kwargs, write
-    options}; ``toy_layout: mmeb|tevatron`` first writes the toy world (whose M-BEIR root is
-    ``mbeir_root``) in that layout beside it and converts that. Generated data may be regenerated:
-    with ``rebuild_stale`` stale shards are removed and rebuilt instead of being an error."""
+    """The data module's conversion step (``data.convert``, ``data.parts.*.convert``, the text set's):
+    ``spec`` = {source, reader kwargs, write options}; ``toy_layout: mmeb|tevatron|mme5_hardneg|
+    mme5_synthetic`` (with ``toy_options`` for the mmE5 ones) first writes the toy world (whose M-BEIR
+    root is ``mbeir_root``) in that layout beside it and converts that. Generated data may be
+    regenerated: with ``rebuild_stale`` stale shards are removed and rebuilt instead of being an error."""
     spec = dict(spec)
-    layout = spec.pop("toy_layout", None)
+    layout, options = spec.pop("toy_layout", None), dict(spec.pop("toy_options", None) or {})
     if layout is not None:
         from mmtrain.data.convert.toy_layouts import write_toy_layout
+        from mmtrain.data.convert.toy_mme5 import TOY_MME5_LAYOUTS
 
         world = Path(mbeir_root).parent
-        spec = {**write_toy_layout(layout, world, world / layout), **spec}
+        if layout in TOY_MME5_LAYOUTS:
+            written = TOY_MME5_LAYOUTS[layout](world, world / layout, **options)
+        else:
+            written = write_toy_layout(layout, world, world / layout, **options)
+        spec = {**written, **spec}
     source = spec.pop("source")
     try:
         return ensure_converted(out_dir, source, **spec)

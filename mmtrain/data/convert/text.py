@@ -3,7 +3,8 @@
 BEIR: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``),
 ``qrels/{train,dev,test}.tsv`` (header ``query-id  corpus-id  score``; score > 0 is relevant). Train qrels
 become training samples (every relevant document inline as a positive; no negatives: they are mined),
-dev/test become ``val``/``test`` evaluation sources searched in the whole corpus (written once).
+dev/test become ``val``/``test`` evaluation sources searched in the whole corpus (written once, and listed
+as every split's pool, train included).
 Document text is ``title + " " + text`` when a title exists (Tevatron's join).
 
 Tevatron rows, the form detected per row:
@@ -102,8 +103,9 @@ def read_beir(root: str | Path, *, dataset: str | None = None, language: str = "
             positives = [corpus[d] for d in dids]
             out.append(Query(qid, stable_hash(f"{dataset}/q/{qid}"), dataset, 1, text, None, "text", positives,
                              loc, language=language))
-        if split != "train":
-            data.pools[split] = corpus  # one object: written once, listed for every eval split
+        # One object: written once, listed for every split (train too: the miner searches it for the
+        # training queries' hard negatives, and the stream reads them from it by id).
+        data.pools[split] = corpus
     return data
 
 

@@ -1,5 +1,5 @@
-"""RoCOCO-style and FG-style variants of the toy world, written in those benchmarks' released layouts
-(data-formats.md §7, §8), so the RoCOCO and FG adapters run end to end on CPU.
+"""RoCOCO-style, FG-style and XTD-style variants of the toy world, written in those benchmarks' released
+layouts (data-formats.md §7, §8, §9), so the RoCOCO, FG and XTD adapters run end to end on CPU.
 
 Scenes, drawings and captions come from ``mmtrain.data.toy_scenes`` (the toy world's own generator),
 so a model trained on the toy world reads them. Each variant draws its own scenes from its seed.
@@ -22,6 +22,14 @@ unlabeled2017-named files; *fine-grained* captions (every attribute) as the reno
     coco/val2014/COCO_val2014_<id:012>.jpg, coco/unlabeled2017/<id:012>.jpg
     annotations/coco_karpathy_test.json                    coarse captions (the original benchmark)
     fg/Annotations/MSCOCO_FG_ann.json, fg/Images/MSCOCO_FG_img_filenames.npy
+
+XTD-style (multilingual text -> image): one caption per image in every toy *language*, i.e. the same
+English caption re-spelled word by word (``en``, ``rev``, ``vowel``, ``cipher``: reversed words, rotated
+vowels, a pseudo-word lexicon; mmtrain/data/convert/toy_mme5.py), as XTD's captions are translations
+of the same English ones. XTD10's raw layout, the pool is every image::
+
+    images/TOY_XTD_<i:012>.jpg
+    XTD10/test_image_names.txt, XTD10/test_1kcaptions_<language>.txt    line i captions image i
 """
 
 from __future__ import annotations
@@ -39,10 +47,16 @@ from typing import Any
 import numpy as np
 
 from mmtrain.data import toy_scenes as ts
+from mmtrain.data.convert.toy_layouts import write_toy_layout
+from mmtrain.data.convert.toy_mme5 import TOY_LANGUAGES, respell
+from mmtrain.data.toy_world import ensure_toy_world
 from mmtrain.eval.benchmarks.context import EvalContext
 from mmtrain.eval.benchmarks.fg import FgBenchmark
-from mmtrain.eval.benchmarks.results import BenchmarkResult
+from mmtrain.eval.benchmarks.mmeb import read_rows, row_ranks
+from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
 from mmtrain.eval.benchmarks.rococo import RococoBenchmark
+from mmtrain.eval.benchmarks.xtd import KS as XTD_KS
+from mmtrain.eval.benchmarks.xtd import XtdBenchmark
 
 VERSION = 1
 SHAPE_NOUNS = sorted({w for ws in ts.SHAPE_WORDS.values() for w in ws}, key=len, reverse=True)
@@ -168,6 +182,19 @@ def build_fg(tmp: Path, n_images: int, seed: int, distractors: int = 5) -> None:
     np.save(tmp / "fg" / "Images" / "MSCOCO_FG_img_filenames.npy", np.array(names + extra))
 
 
+def build_xtd(tmp: Path, n_images: int, seed: int) -> None:
+    rng, book = random.Random(f"toy-xtd-{seed}"), ts.SceneBook()
+    names, captions = [], []
+    for i in range(n_images):
+        scene = book.fresh(rng)
+        names.append(f"TOY_XTD_{i:012d}.jpg")
+        _write(tmp / "images" / names[-1], ts.render(scene))
+        captions.append(ts.caption(scene, rng)[0])  # one line each: captions hold no newline
+    _write(tmp / "XTD10" / "test_image_names.txt", "\n".join(names) + "\n")
+    for lang in TOY_LANGUAGES:
+        _write(tmp / "XTD10" / f"test_1kcaptions_{lang}.txt", "\n".join(respell(c, lang) for c in captions) + "\n")
+
+
 def ensure_variant(kind: str, out_dir: str | os.PathLike, n_images: int, seed: int) -> Path:
     """Generate the variant into ``out_dir`` unless a complete one with these settings is there
     (built beside it and renamed into place, like the toy world)."""
@@ -176,7 +203,7 @@ def ensure_variant(kind: str, out_dir: str | os.PathLike, n_images: int, seed: i
     marker = out / ".complete"
     if marker.is_file() and json.loads(marker.read_text()) == stamp:
         return out
-    builders = {"rococo": build_rococo, "fg": build_fg}
+    builders = {"rococo": build_rococo, "fg": build_fg, "xtd": build_xtd}
     if kind not in builders:
         raise ValueError(f"kind must be one of {sorted(builders)}, got {kind!r}")
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -202,13 +229,16 @@ class ToyVariantBenchmark:
         self.options = dict(options or {})
         self.options.setdefault("instruction_t2i", TOY_T2I)
         self.options.setdefault("instruction_i2t", TOY_I2T)
-        self.title = title or f"Toy {'RoCOCO' if kind == 'rococo' else 'MSCOCO-FG'} ({n_images} images, seed {seed})"
+        names = {"rococo": "RoCOCO", "fg": "MSCOCO-FG", "xtd": "XTD (toy languages, text -> image)"}
+        self.title = title or f"Toy {names.get(kind, kind)} ({n_images} images, seed {seed})"
 
     def run(self, ctx: EvalContext) -> BenchmarkResult:
         if ctx.is_global_zero:
             ensure_variant(self.kind, self.out_dir, self.n_images, self.seed)
         ctx.barrier()
         out = ensure_variant(self.kind, self.out_dir, self.n_images, self.seed)
+        if self.kind == "xtd":
+            return self._run_xtd(ctx, out)
         if self.kind == "rococo":
             bench: Any = RococoBenchmark(ann_dir=str(out / "annotations"), image_root=str(out / "coco"),
                                          mix_dir=str(out / "mixed"), title=self.title, **self.options)
@@ -220,3 +250,67 @@ class ToyVariantBenchmark:
         result = bench.run(ctx)
         result.benchmark = f"toy_{self.kind}"
         return result
+
+    def _run_xtd(self, ctx: EvalContext, out: Path) -> BenchmarkResult:
+        """XTD's raw protocol (caption -> every image, R@k per language) on the toy set; a table of its
+        own, as the paper's rows (real languages) do not compare with toy languages."""
+        languages = list(self.options.get("languages", TOY_LANGUAGES))
+        bench = XtdBenchmark(root=str(out), image_dir=str(out / "images"), languages=languages,
+                             instruction=self.options["instruction_t2i"])
+        raw = bench.run_raw(ctx)
+        mean = {k: float(np.mean([raw[lang][k] for lang in languages])) for k in XTD_KS}
+        rows = [[f"R@{k}", *[pct(raw[lang][k]) for lang in languages], pct(mean[k]), pct(min(1.0, k / self.n_images))]
+                for k in XTD_KS]
+        notes = [f"Caption -> {self.n_images} images, one relevant each (XTD's protocol, R@10 headline). "
+                 "en = the toy captions; rev / vowel / cipher = the same captions re-spelled word by word "
+                 "(mmtrain/data/convert/toy_mme5.py). Rates in %."]
+        table = Table("Recall@k per toy language", ["Metric", *languages, "Avg", "chance"], rows, notes)
+        headline = {f"R@10/{lang}": raw[lang][10] for lang in languages} | {"R@10/mean": mean[10]}
+        metrics = {"languages": {lang: {f"R@{k}": v for k, v in r.items()} for lang, r in raw.items()},
+                   "mean": {f"R@{k}": v for k, v in mean.items()}, "n_images": self.n_images}
+        chart = {"R@10": {lang: pct(raw[lang][10]) for lang in languages}}
+        return BenchmarkResult("toy_xtd", self.title, metrics, [table], chart, headline)
+
+
+class ToyMMEBBenchmark:
+    """The toy world's MMEB-eval tables (``convert/toy_layouts.py``, what ``data=toy_mmeb`` and
+    ``toy_mme5`` evaluate) of one split through MMEB's protocol (``mmeb.row_ranks``: each query against
+    its own row's candidates, candidate 0 is the positive, Precision@1). The world is generated and the
+    layout written when missing (rank 0)."""
+
+    def __init__(self, toy_world: dict[str, Any], split: str = "test", subsets: list[str] | None = None,
+                 title: str | None = None):
+        self.toy_world = {k: v for k, v in dict(toy_world).items() if v is not None}
+        self.split, self.subsets = split, list(subsets) if subsets else None
+        self.title = title or f"Toy MMEB ({split} split, per-row candidates, Precision@1)"
+
+    def run(self, ctx: EvalContext) -> BenchmarkResult:
+        world = Path(self.toy_world["dir"])
+        if ctx.is_global_zero:
+            sizes = {k: v for k, v in self.toy_world.items() if k != "dir"}
+            ensure_toy_world(world, **sizes)
+            write_toy_layout("mmeb", world, world / "mmeb")
+        ctx.barrier()
+        eval_root = world / "mmeb" / "eval"
+        subsets = self.subsets or sorted(p.name for p in eval_root.iterdir() if p.is_dir())
+        scores, rows_out = {}, []
+        for subset in subsets:
+            files = sorted((eval_root / subset).glob(f"{self.split}-*.parquet"))
+            if not files:
+                raise FileNotFoundError(f"no {self.split} table for toy MMEB subset {subset} in {eval_root / subset}")
+            rows = [r for f in files for r in read_rows(f)]
+            ranks = row_ranks(ctx, rows, world / "mbeir", f"toy_mmeb/{self.split}/{subset}")
+            scores[subset] = float(np.mean(ranks == 0))
+            chance = float(np.mean([1.0 / len(r["tgt_text"]) for r in rows]))
+            rows_out.append([subset, len(rows), float(np.mean([len(r["tgt_text"]) for r in rows])),
+                             pct(scores[subset]), pct(chance)])
+        mean = float(np.mean(list(scores.values())))
+        rows_out.append(["mean", sum(r[1] for r in rows_out), None, pct(mean),
+                         float(np.mean([r[4] for r in rows_out]))])
+        table = Table("Precision@1 per task", ["Task", "Queries", "Candidates / query", "P@1", "chance P@1"], rows_out,
+                      ["Precision@1 (%): the argmax over the query's own candidate list is candidate 0 (the "
+                       "positive), as MMEB scores. Candidates: the positive and every other candidate of its "
+                       "modality in the split's pool."])
+        return BenchmarkResult("toy_mmeb", self.title, {"tasks": scores, "mean": mean}, [table],
+                               {"P@1": {t: pct(v) for t, v in scores.items()}},
+                               {"P@1/mean": mean} | {f"P@1/{t}": v for t, v in scores.items()})
