@@ -39,6 +39,7 @@ class ToyWorldConfig:
     n_test: Optional[int] = None
     n_distractors: Optional[int] = None  # pool-only scenes per dataset in val/test
     captions_per_image: Optional[int] = None
+    passages_per_scene: Optional[int] = None
     beir_passages: Optional[int] = None
     beir_train: Optional[int] = None
     beir_test: Optional[int] = None

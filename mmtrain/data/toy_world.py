@@ -53,6 +53,10 @@ class ToySizes:
     # text->image model with modality bias fills its top 5 with captions of the right scene, the
     # effect MM-Embed measures and modality-aware hard negatives fix (docs/stages.md).
     captions_per_image: int = 5
+    # toyqa: passages per scene (task 1 queries have this many positives). 5 as well, for the same
+    # reason on text->(image,text): a biased model's top 5 is then the scene's passages, not its titled
+    # image (with one passage the pair came second and R@5 hid the bias; docs/stages.md).
+    passages_per_scene: int = 5
     beir_passages: int = 1500
     beir_train: int = 1000
     beir_test: int = 200
@@ -135,10 +139,11 @@ class _World:
     def toyqa(self, split: str, k: int, with_query: bool) -> None:
         rng, scene = self.rng, self.book.fresh(self.rng)
         img = self.image("toyqa", split, f"s{k:05d}", ts.render(scene))
-        passage_did = self.cand("toyqa", split, ts.passage(scene, rng), None)
+        passage_dids = [self.cand("toyqa", split, ts.passage(scene, rng), None)
+                        for _ in range(self.sizes.passages_per_scene)]
         pair_did = self.cand("toyqa", split, ts.title(scene, rng), img)
         if with_query:
-            self.query("toyqa", split, 1, ts.question(scene, rng), None, [passage_did], {"scene": scene.key})
+            self.query("toyqa", split, 1, ts.question(scene, rng), None, passage_dids, {"scene": scene.key})
             self.query("toyqa", split, 2, ts.question(scene, rng), None, [pair_did], {"scene": scene.key})
 
     def toysim(self, split: str, k: int, with_query: bool) -> None:

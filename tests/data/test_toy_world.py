@@ -18,7 +18,7 @@ from PIL import Image
 
 from mmtrain.data.toy_world import ensure_toy_world, generate_toy_world
 
-SMALL = dict(n_train=40, n_val=12, n_test=12, n_distractors=4, captions_per_image=2,
+SMALL = dict(n_train=40, n_val=12, n_test=12, n_distractors=4, captions_per_image=2, passages_per_scene=3,
              beir_passages=60, beir_train=30, beir_test=10, vocab_size=600)
 # dataset -> (dataset id, UniIR task ids)
 DATASETS = {"toycap": (0, [0, 3]), "toyqa": (1, [1, 2]), "toysim": (2, [4]), "toyedit": (3, [6, 7, 8])}
@@ -143,9 +143,10 @@ def test_positives_in_pool_and_qrels_agree(world: Path) -> None:
                 assert zero == "0" and rel == "1"
                 from_qrels.add((qid, did, int(task)))
         assert from_qrels == from_queries
-    # most queries have exactly one positive; toycap image->text has one per caption (2 here)
+    # most queries have exactly one positive; toycap image->text has one per caption (2 here), toyqa
+    # text->text one per passage (3 here)
     for q in queries(world, "test"):
-        assert len(q["pos_cand_list"]) == (2 if q["task_id"] == 3 else 1)
+        assert len(q["pos_cand_list"]) == {3: 2, 1: 3}.get(q["task_id"], 1)
 
 
 def test_all_tasks_and_sizes(world: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from mmtrain.data.schema import TASKS
 from mmtrain.train import train
@@ -93,3 +94,19 @@ def test_installed_copy_finds_its_configs(tmp_path):
     proc = run_cli(["--cfg", "job"], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "name: toy_clip_sf" in proc.stdout and "_target_: mmtrain.models.clip_sf.ClipSFBackbone" in proc.stdout
+
+
+def test_cpu_threads_leave_cores_to_the_dataloader_workers(tmp_path, monkeypatch):
+    from mmtrain.train import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 2}, "data": {"num_workers": 1}})
+    assert cpu_threads(cfg) == 3                        # 8 cores / 2 processes - 1 worker
+    cfg.data.num_workers = 6
+    assert cpu_threads(cfg) == 1                        # never below one
+    cfg.trainer.accelerator = "gpu"
+    assert cpu_threads(cfg) is None
+    cfg.trainer.accelerator = "cpu"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert cpu_threads(cfg) is None                     # the user's setting wins
