@@ -221,3 +221,42 @@ def test_vocabulary_in_settings_is_plain_and_checked():
         RobustSettings.from_config(ROBUST | {"vc": ROBUST["vc"] | {"lam_min": 0.95}})
     vocab = RobustSettings.from_config(ROBUST).build_vocabulary(None)
     assert isinstance(vocab, SwapVocabulary) and vocab.synset_of["disc"] == ("shape", 0)
+
+
+def test_derived_vocabulary_when_no_groups_are_given():
+    cfg = ROBUST | {"sc": ROBUST["sc"] | {"groups": None, "min_count": 2,
+                                          "weights": {"same_concept": 1.0, "diff_concept": 1.0, "rand_voca": 0.0}}}
+    texts = [f"a {c} {s} on the {p}" for c in ("red", "blue", "green") for s in ("circle", "square", "star")
+             for p in ("left", "right")]
+    vocab = RobustSettings.from_config(cfg).build_vocabulary(texts)
+    group_of = {w: g for g, sets in vocab.groups.items() for s in sets for w in s}
+    assert group_of["red"] == group_of["blue"] == group_of["green"]
+    assert group_of["circle"] == group_of["star"] != group_of["red"]
+    with pytest.raises(ValueError, match="no training captions"):
+        RobustSettings.from_config(cfg).build_vocabulary(None)
+
+
+@pytest.mark.slow
+def test_training_run_with_robust_rococo_logs_every_term(tmp_path):
+    """End to end through train(cfg): the toy experiment's settings, random words derived from the
+    training shards, mixed batches so that image->text and text->image rows occur in a few steps."""
+    import csv
+
+    from hydra import compose, initialize_config_module
+
+    from mmtrain.train import train
+    small = ["data.toy_world.n_train=48", "data.toy_world.n_val=12", "data.toy_world.n_test=12",
+             "data.toy_world.n_distractors=4", "data.toy_world.beir_passages=40", "data.toy_world.beir_train=20",
+             "data.toy_world.beir_test=10", "data.toy_world.vocab_size=600", "data.samples_per_shard=16",
+             "data.min_shards_per_source=2", "data.shuffle_buffer=16", "robust.sc.min_count=1"]
+    with initialize_config_module("mmtrain.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "+experiment=toy_clip_sf_rococo", f"paths.cache_dir={tmp_path}/cache", f"paths.run_dir={tmp_path}/run",
+            *small, "data.composition=mixed", "data.batch_size=32", "data.num_workers=1", "trainer.max_steps=6",
+            "trainer.log_every_n_steps=1", "eval.final_split=null", "logger=csv"])
+    train(cfg)
+    with open(tmp_path / "run" / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for kind in ("same_concept", "diff_concept", "rand_voca", "mix", "patch"):
+        values = [float(r[f"train/robust/{kind}"]) for r in rows if r.get(f"train/robust/{kind}")]
+        assert values and all(math.isfinite(v) and v >= 0 for v in values), kind
