@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,21 +25,12 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers.models.clip import CLIPImageProcessorPil
 
+from mmtrain.config import TinyClipConfig
 from mmtrain.data.schema import Item
 
 
-@dataclass
-class TinyClip:
-    """Shape of a from-scratch CLIP for the toy world and tests (~0.2M parameters)."""
-
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    image_size: int = 32
-    patch_size: int = 8
-    projection_dim: int = 64
-    max_position_embeddings: int = 64
+# The shape is defined once, with the config schemas (mmtrain/config.py, light to import at composition).
+TinyClip = TinyClipConfig
 
 
 class ClipSFProcessor:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
+from mmtrain.config import TinyMLLMConfig
 from mmtrain.models.lora import LoraSettings, apply_lora, freeze_except
 from mmtrain.models.mllm.encoder import MLLMEncoder, make_bidirectional, position_ids_from_mask
 from mmtrain.models.mllm.processor import MLLMProcessor
@@ -30,21 +31,8 @@ from mmtrain.models.pooling import PoolingSettings, build_pooling
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class TinyMLLM:
-    """Shape of a from-config MLLM for tests and the toy world (~0.1-0.2M parameters)."""
-
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    vision_hidden_size: int = 32
-    vision_intermediate_size: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 2
-    image_size: int = 32
-    patch_size: int = 8
+# The shape is defined once, with the config schemas (mmtrain/config.py, light to import at composition).
+TinyMLLM = TinyMLLMConfig
 
 
 @dataclass
