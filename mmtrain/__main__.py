@@ -45,9 +45,9 @@ def main(cfg: DictConfig) -> float | None:
 
     stages = stages_to_run(cfg)
     if cfg.dry_run:
-        from mmtrain.preflight import PreflightError, Problem, dry_run, dry_run_pipeline
+        from mmtrain.preflight import PreflightError, Problem, dry_run
         if stages:
-            from mmtrain.pipeline import pipeline_overrides
+            from mmtrain.pipeline import dry_run_pipeline, pipeline_overrides
             report = dry_run_pipeline(stages, pipeline_overrides())
         else:
             report = dry_run(cfg)

@@ -1,13 +1,17 @@
 """Typed schemas for the Hydra config: a misspelled key fails when the config is composed.
 
-The values live in ``conf/`` (once); these dataclasses only name the keys and their types. Each group
-YAML lists its schema first in its defaults (``defaults: [schema_<name>, _self_]``), so anything an
-experiment merges into that group is checked against the schema. Groups whose entries are arbitrary
-``_target_`` nodes (strategy, logger, callbacks) are checked when instantiated instead: an unknown
-argument is a TypeError before training starts.
+These dataclasses name the keys and their types. Each group YAML lists its schema first in its
+defaults (``defaults: [schema_<name>, _self_]``), so anything an experiment merges into that group is
+checked against the schema. Groups whose entries are arbitrary ``_target_`` nodes (strategy, logger,
+callbacks) are checked when instantiated instead: an unknown argument is a TypeError before training.
 
-Importing this module registers the schemas in Hydra's ConfigStore (``mmtrain.conf`` imports it, so
-both ``python -m mmtrain`` and the compose API see them).
+Each value is set once. A group with one option (loss, optim) and the primary config keep their values
+in the YAML, and the schema says ``MISSING``; a group with several options (data, model, trainer, ...)
+has its common default here, and an option's YAML sets only what differs.
+
+Importing this module registers the schemas in Hydra's ConfigStore and the run-layout resolvers
+(``${run_output:...}``, ``${stage_output:...}``, mmtrain/run_dir.py); ``mmtrain.conf`` imports it, so
+both ``python -m mmtrain`` and the compose API see them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from mmtrain.data.robust import RobustConfig  # the robust group's schema, next to its runtime
+
+# The model group's schemas live beside the models (re-exported: ``from mmtrain.config import TinyClipConfig``).
+from mmtrain.models.config import (ClipSFConfig, LlavaNextSchema, LLMSwapConfig, LoraSchema,  # noqa: F401
+                                   MllamaSchema, MLLMConfig, PoolingConfig, Qwen2VLSchema, TinyClipConfig,
+                                   TinyMLLMConfig)
+from mmtrain.models.config import register as register_models
+from mmtrain.run_dir import register_resolvers
 
 
 @dataclass
@@ -30,7 +43,7 @@ class PathsConfig:
 @dataclass
 class ToyWorldConfig:
     """Where and how the toy world is generated; a null size keeps the generator's default
-    (mmtrain/data/toy_world.py ToySizes)."""
+    (mmtrain/toy/world.py ToySizes)."""
 
     dir: str = MISSING
     seed: int = 0
@@ -77,7 +90,7 @@ class DataConfig:
     composition: str = "homogeneous"      # homogeneous | mixed | share
     homogeneous_share: float = 1.0        # with composition=share: share of task-homogeneous batches
     num_negatives: int = 0
-    negatives_table: Optional[Any] = None  # mined negatives (mmtrain/mining/table.py) for hard stages: a
+    negatives_table: Optional[Any] = None  # mined negatives (mmtrain/data/negatives.py) for hard stages: a
                                            # table or a list of tables (e.g. multimodal + text)
     negative_sampling: str = "modality_aware"  # modality_aware (C1 or C2, p=1/2) | uniform | first
     negative_order: str = "random"        # a sample's own (inline) negatives: random | rotate (Tevatron:
@@ -102,188 +115,26 @@ class DataConfig:
     text_retrieval: Optional[TextRetrievalConfig] = None
 
 
-
-
-@dataclass
-class TinyClipConfig:
-    """Shape of a from-scratch CLIP (mmtrain.models.clip_sf.TinyClip)."""
-
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    image_size: int = 32
-    patch_size: int = 8
-    projection_dim: int = 64
-    max_position_embeddings: int = 64
-
-
-@dataclass
-class ClipSFConfig:
-    _target_: str = "mmtrain.models.clip_sf.ClipSFBackbone"
-    pretrained: Optional[str] = None
-    tokenizer: Optional[str] = None
-    tiny: Optional[TinyClipConfig] = None
-    max_text_length: int = 77
-    trust_remote_code: bool = False
-
-
-@dataclass
-class TinyMLLMConfig:
-    """Shape of a from-config MLLM (mmtrain.models.mllm.backbone.TinyMLLM)."""
-
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    vision_hidden_size: int = 32
-    vision_intermediate_size: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 2
-    image_size: int = 32
-    patch_size: int = 8
-
-
-@dataclass
-class PoolingConfig:
-    kind: str = "last"                    # last (EOS / one-word) | mean | latent_attention (NV-Embed)
-    num_latents: int = 512
-    num_heads: int = 8
-    head_dim: Optional[int] = None        # None: the LLM hidden size (NV-Embed)
-    ff_mult: int = 4
-    mask_instruction: bool = True
-
-
-@dataclass
-class LoraSchema:
-    r: int = 8
-    alpha: int = 64
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    use_dora: bool = False
-    init_lora_weights: Any = True         # true | false | gaussian | ...
-
-
-@dataclass
-class LLMSwapConfig:
-    source: str = MISSING
-    prefix: str = ""
-    pooling_prefix: Optional[str] = None
-    revision: Optional[str] = None
-
-
-@dataclass
-class MLLMConfig:
-    """Keys shared by the MLLM backbone specs (mmtrain/models/mllm/backbone.py)."""
-
-    _target_: str = MISSING
-    pretrained: Optional[str] = None
-    tokenizer: Optional[str] = None
-    tiny: Optional[TinyMLLMConfig] = None
-    template: str = "mm_embed"            # mm_embed | mme5 | llava_p
-    instruction_prefix: str = ""
-    query_prefix: str = "Query: "
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    lora: Optional[LoraSchema] = field(default_factory=LoraSchema)
-    bidirectional: bool = False
-    gradient_checkpointing: bool = False
-    dtype: str = "float32"                # float32 | bfloat16 | float16 (weights as loaded)
-    attn_implementation: str = "sdpa"
-    max_query_length: int = 128
-    max_candidate_length: int = 128
-    padding_side: str = "right"
-    llm_swap: Optional[LLMSwapConfig] = None
-    trust_remote_code: bool = False
-    seed: int = 0
-
-
-@dataclass
-class LlavaNextSchema(MLLMConfig):
-    _target_: str = "mmtrain.models.mllm.LlavaNextBackbone"
-    global_view_only: bool = True
-    image_grid_pinpoints: Optional[list[list[int]]] = None
-
-
-@dataclass
-class MllamaSchema(MLLMConfig):
-    _target_: str = "mmtrain.models.mllm.MllamaBackbone"
-    template: str = "mme5"
-    max_image_tiles: int = 4
-
-
-@dataclass
-class Qwen2VLSchema(MLLMConfig):
-    _target_: str = "mmtrain.models.mllm.Qwen2VLBackbone"
-    min_pixels: Optional[int] = None
-    max_pixels: Optional[int] = None
-
-
 @dataclass
 class LossConfig:
+    """conf/loss/infonce.yaml holds the values (the only loss option; mmtrain/models/loss.py)."""
+
     _target_: str = "mmtrain.models.loss.ContrastiveLoss"
-    temperature: float = 0.02
-    learnable_temperature: bool = False
-    max_logit_scale: float = 100.0
-    hard_negatives: str = "shared"        # shared (MM-Embed Eq. 1) | own (mmE5)
-    gather: bool = True
-    mask_false_negatives: bool = True
-
-
-@dataclass
-class RobustTextWeights:
-    """lambda per kind of swapped caption (mmtrain/data/perturb.py); 0 = not made."""
-
-    same_concept: float = 0.0             # another synonym set of the replaced word's concept group
-    diff_concept: float = 0.0             # a word of another concept group
-    rand_voca: float = 0.0                # a word of the random vocabulary
-
-
-@dataclass
-class RobustSemanticConfig:
-    """RoCOCO's semantic contrastive (SC) loss: swapped captions as negatives of image queries."""
-
-    weights: RobustTextWeights = field(default_factory=RobustTextWeights)
-    tasks: list[int] = field(default_factory=lambda: [3])   # M-BEIR tasks whose text positives are swapped
-    groups: Optional[Any] = None          # {group: [word | [synonym, ...]]}; None: file or derived
-    vocabulary_file: Optional[str] = None  # YAML/JSON {groups: ..., random_words: [...]}
-    random_words: Optional[list[str]] = None  # None: from the file, else derived from training captions
-    min_count: int = 5                    # derived vocabulary: occurrences a word needs
-
-
-@dataclass
-class RobustImageWeights:
-    mix: float = 0.0                      # lam * a + (1 - lam) * b
-    patch: float = 0.0                    # a box of b pasted into a (CutMix)
-
-
-@dataclass
-class RobustVisualConfig:
-    """RoCOCO's visual contrastive (VC) loss: mixed images as negatives of text queries."""
-
-    weights: RobustImageWeights = field(default_factory=RobustImageWeights)
-    tasks: list[int] = field(default_factory=lambda: [0])   # M-BEIR tasks whose image positives are mixed
-    lam_min: float = 0.5                  # lam ~ U[lam_min, lam_max], one per batch
-    lam_max: float = 0.9
-
-
-@dataclass
-class RobustConfig:
-    """Robustness-aware training (RoCOCO SC / VC; robustness.md §1.2, docs/robustness.md)."""
-
-    enabled: bool = False
-    form: str = "softmax"                 # softmax (extra logit column) | hinge (margin on cosines)
-    margin: float = 0.2                   # hinge form only
-    sc: RobustSemanticConfig = field(default_factory=RobustSemanticConfig)
-    vc: RobustVisualConfig = field(default_factory=RobustVisualConfig)
+    temperature: float = MISSING
+    learnable_temperature: bool = MISSING
+    max_logit_scale: float = MISSING
+    hard_negatives: str = MISSING         # shared (MM-Embed Eq. 1) | own (mmE5)
+    gather: bool = MISSING
+    mask_false_negatives: bool = MISSING
 
 
 @dataclass
 class OptimConfig:
+    """conf/optim/adamw.yaml holds the values (the only optim option)."""
+
     optimizer: Any = MISSING              # a `_partial_` optimizer node, e.g. torch.optim.AdamW
-    lr_schedule: str = "cosine"           # cosine | linear | constant
-    warmup_ratio: float = 0.0
+    lr_schedule: str = MISSING            # cosine | linear | constant
+    warmup_ratio: float = MISSING
 
 
 @dataclass
@@ -333,22 +184,24 @@ class RunConfig:
 class StageConfig:
     """Which stage of a staged recipe this run is (MM-Embed: rand -> hard -> continual)."""
 
-    name: str = "single"                 # single (a plain run) | rand | hard | continual
-    init_from: Optional[str] = None      # checkpoint whose weights start the stage; None = the
+    name: str = MISSING                  # single (a plain run) | rand | hard | continual (conf/stage/)
+    init_from: Optional[str] = MISSING   # checkpoint whose weights start the stage; None = the
                                          # backbone's own weights (MM-Embed's hard stage: pretrained)
 
 
 @dataclass
 class Config:
-    name: str = "mmtrain"
-    seed: int = 0
+    """The primary config's keys; conf/config.yaml and its groups hold the values."""
+
+    name: str = MISSING
+    seed: int = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: Any = MISSING
     model: Any = MISSING
     loss: Any = MISSING
     optim: Any = MISSING
     trainer: Any = MISSING
-    strategy: Any = "auto"
+    strategy: Any = MISSING
     logger: Any = field(default_factory=dict)
     callbacks: Any = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -356,7 +209,7 @@ class Config:
     robust: RobustConfig = field(default_factory=RobustConfig)
     pipeline: list[str] = field(default_factory=list)   # experiment names run one after another
     # What `python -m mmtrain` runs when no experiment is selected (mmtrain/__main__.py): the toy recipe.
-    default_pipeline: list[str] = field(default_factory=list)
+    default_pipeline: list[str] = MISSING
     run: RunConfig = field(default_factory=RunConfig)
     dry_run: bool = False                 # check the run (mmtrain/preflight.py), print, exit: no training
     global_batch_size: Optional[int] = None  # declared; must equal batch_size x devices x nodes x accumulation
@@ -382,10 +235,7 @@ def register() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="data", name="schema_retrieval", node=DataConfig)
     cs.store(group="eval", name="schema_toy_mmeb", node=ToyMMEBEval)
-    cs.store(group="model", name="schema_clip_sf", node=ClipSFConfig)
-    cs.store(group="model", name="schema_llava_next", node=LlavaNextSchema)
-    cs.store(group="model", name="schema_mllama", node=MllamaSchema)
-    cs.store(group="model", name="schema_qwen2_vl", node=Qwen2VLSchema)
+    register_models(cs)
     cs.store(group="loss", name="schema_contrastive", node=LossConfig)
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
@@ -393,6 +243,7 @@ def register() -> None:
 
 
 register()
+register_resolvers()  # ${run_output:...} / ${stage_output:...} (the run layout, mmtrain/run_dir.py)
 
 # The evaluation entry's schemas (conf/evaluate.yaml, conf/eval/*) live beside the benchmarks.
 from mmtrain.eval.benchmarks.schemas import register as _register_evaluation  # noqa: E402

@@ -2,9 +2,10 @@
 every benchmark (conf/evaluate.yaml, conf/eval/*.yaml).
 
 The model is a backbone spec (the ``model`` group, as in training) with weights from a training
-checkpoint (``ckpt``: a Lightning ``.ckpt`` or a plain encoder state dict, read with
-``weights_only=True``). When the checkpoint sits in a training run directory, the run's
-``config.yaml`` supplies the backbone spec (``model_from_run_config``), so ``ckpt=`` alone is enough.
+checkpoint (``ckpt``: a Lightning ``.ckpt``, a Lightning DeepSpeed checkpoint directory or a plain
+encoder state dict, read by mmtrain/checkpoint.py). When the checkpoint sits in a training run
+directory, the run's ``config.yaml`` supplies the backbone spec (``model_from_run_config``), so
+``ckpt=`` alone is enough.
 ``ckpt`` may also be an ``mmtrain.export`` directory, which carries its own spec and weights.
 
 All ranks (``fabric.devices``) encode, search and rerank their shard; rank 0 writes
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +24,17 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import mmtrain.config  # noqa: F401  (registers the config schemas)
+from mmtrain.checkpoint import EXPORT_FILE, is_export, load_encoder, load_export
+from mmtrain.run_dir import output_path
 
 log = logging.getLogger(__name__)
-EXPORT_FILE = "mmtrain_export.json"  # marks an mmtrain.export directory
 BENCHMARKS = ("toy", "mbeir", "mmeb", "mteb", "xtd", "circo", "rococo", "fg", "toy_rococo", "toy_fg")
-
-
-def load_encoder(backbone: Any, ckpt: str | os.PathLike | None) -> Any:
-    """``backbone.build_encoder()`` with the checkpoint's weights (strict: a mismatch is an error)."""
-    import torch
-
-    encoder = backbone.build_encoder()
-    if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        # A Lightning checkpoint holds the whole module; the encoder is its `encoder` attribute.
-        if any(k.startswith("encoder.") for k in state):
-            state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-        encoder.load_state_dict(state, strict=True)
-    return encoder.eval()
-
-
-def load_export(path: str | os.PathLike) -> tuple[Any, Any, dict]:
-    """(backbone, encoder, spec) of an ``mmtrain.export`` directory (``ckpt=<export dir>``)."""
-    from mmtrain import export
-
-    spec = json.loads((Path(path) / EXPORT_FILE).read_text())["backbone"]
-    encoder = export.load_encoder(path)
-    return encoder.backbone, encoder, spec
 
 
 def model_config(cfg: DictConfig) -> DictConfig:
     """The backbone spec: from the checkpoint's run directory when asked and present, else ``cfg.model``."""
     if cfg.ckpt and cfg.model_from_run_config:
-        run_cfg = Path(cfg.ckpt).resolve().parent.parent / "config.yaml"
+        run_cfg = output_path(Path(cfg.ckpt).resolve().parent.parent, "config")  # <run>/checkpoints/<ckpt>
         if run_cfg.is_file():
             node = OmegaConf.load(run_cfg).get("model")
             if node is not None:
@@ -84,7 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from mmtrain.eval.benchmarks.context import EvalContext
     from mmtrain.eval.benchmarks.mbeir import ensure_toy
-    from mmtrain.eval.benchmarks.results import log_wandb, write_result
+    from mmtrain.eval.report import log_wandb, write_report
     from mmtrain.eval.embed_cache import EmbeddingCache, fingerprint_model
 
     if OmegaConf.is_missing(cfg, "eval"):
@@ -96,9 +73,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if fabric.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.ckpt and (Path(cfg.ckpt) / EXPORT_FILE).is_file():  # an export: spec and weights inside
+    if is_export(cfg.ckpt):  # an export: spec and weights inside
         with fabric.init_module():
-            backbone, encoder, spec_dict = load_export(cfg.ckpt)
+            encoder = load_export(cfg.ckpt)
+        backbone, spec_dict = encoder.backbone, json.loads((Path(cfg.ckpt) / EXPORT_FILE).read_text())["backbone"]
     else:
         spec = model_config(cfg)
         toy = cfg.data.get("toy_world") if OmegaConf.is_dict(cfg.data) else None
@@ -107,7 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             ensure_toy(fabric, OmegaConf.to_container(toy, resolve=True))
         backbone = instantiate(spec)
         with fabric.init_module():
-            encoder = load_encoder(backbone, cfg.ckpt)
+            encoder = load_encoder(backbone, cfg.ckpt, what="ckpt").eval()
         spec_dict = OmegaConf.to_container(spec, resolve=True)
     encoder = encoder.to(fabric.device)
     model_fp = fingerprint_model({"spec": spec_dict, "seed": None if cfg.ckpt else cfg.seed,
@@ -125,7 +103,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                  "model_fingerprint": model_fp, "world_size": fabric.world_size, "stats": ctx.stats,
                  "reranker": ctx.reranker.config() if ctx.reranker is not None else None,
                  "eval": OmegaConf.to_container(cfg.eval, resolve=True)}
-        paths = write_result(result, run_dir, extra)
+        paths = write_report(result, run_dir, extra)
         print("\n" + result.to_markdown())
         print(f"report: {run_dir}/results.{{json,md,png}}  (encoded {ctx.stats['encoded_items']} items, "
               f"{ctx.stats['cache_hits']} cache hits)")

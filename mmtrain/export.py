@@ -1,16 +1,15 @@
-"""Export a trained MLLM encoder for use outside training, and load it back: ``mmtrain.load(path)``.
+"""Export a trained encoder for use outside training, and load it back: ``mmtrain.load(path)``.
 
 Layout of an export directory:
 
-    mmtrain_export.json   the backbone spec (class + arguments) and what the directory holds
+    mmtrain_export.json   the backbone spec (class + arguments, paths relative to the directory), the
+                          files the encoder wrote, and the spec of ``merged/`` when there is one
     config.yaml           the run's resolved config, when given
-    adapter/              peft adapter: LoRA + the trained projector (peft ``modules_to_save``)
-    pooling.safetensors   the pooling head's weights (latent attention), when it has any
-    processor/            tokenizer + image processor (transformers ``save_pretrained``)
-    base/                 the base model, only when it cannot be fetched by its hub id: from-config
-                          (tiny) models, and models whose LLM was swapped (``write_base``)
-    merged/               optional: LoRA and projector folded into the base weights (bf16), a plain
-                          transformers model directory (``AutoModel.from_pretrained``) + processor
+    ...                   what the encoder family writes (``Encoder.save_export``, mmtrain/models/encoder.py):
+                          MLLM: adapter/ (LoRA + projector), pooling.safetensors, processor/, base/
+                          (tiny or swapped LLM only); CLIP_SF: model/ (CLIP + tokenizer + image processor)
+    merged/               optional: trained weights folded into one plain transformers model directory
+                          (``AutoModel.from_pretrained``) + processor, bf16
 
 Resume checkpoints are a different thing: Lightning / DeepSpeed write them in their own format
 (``checkpoints/``) to continue training; an export is what a user loads. ``python -m mmtrain.export
@@ -27,104 +26,36 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class
 from lightning.pytorch.utilities import rank_zero_only
-from peft import PeftModel
-from safetensors.torch import load_file, save_file
-from transformers import AutoModel
 
+from mmtrain.checkpoint import EXPORT_FILE, load_export as load_encoder
 from mmtrain.data.schema import Item, modality_of
-from mmtrain.models.mllm.encoder import MLLMEncoder
-
-EXPORT_FILE = "mmtrain_export.json"
-
-
-def _clean_base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The base model's own weights from under a peft wrapper: LoRA tensors dropped, the layers'
-    ``base_layer`` and the projector's ``original_module`` renamed back."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if "lora_" in name or ".modules_to_save." in name:
-            continue
-        state[name.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
-    return state
+from mmtrain.io import atomic_write_json, atomic_write_text
+from mmtrain.models.encoder import Encoder, encode_items
 
 
-def export(encoder: MLLMEncoder, out_dir: str | Path, config: Mapping | None = None, merged: bool = False,
-           write_base: bool | None = None) -> Path:
+def export(encoder: Encoder, out_dir: str | Path, config: Mapping | None = None, merged: bool = False) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = encoder.backbone
-    spec = backbone.describe()
-    files: list[str] = []
-    if isinstance(encoder.model, PeftModel):
-        encoder.model.save_pretrained(out / "adapter")
-        files.append("adapter")
-    else:  # no LoRA: the projector is the only trained part of the model
-        projector = encoder.base_model.get_submodule(backbone.projector)
-        save_file({k: v.contiguous() for k, v in projector.state_dict().items()}, str(out / "projector.safetensors"))
-        files.append("projector.safetensors")
-    pooling = {k: v.contiguous() for k, v in encoder.pooling.state_dict().items()}
-    if pooling:
-        save_file(pooling, str(out / "pooling.safetensors"))
-        files.append("pooling.safetensors")
-    processor = backbone.build_processor()
-    processor.hf_processor.save_pretrained(out / "processor")
-    files.append("processor")
-    if write_base if write_base is not None else (backbone.is_tiny or backbone.llm_swap is not None):
-        base = AutoModel.from_config(encoder.base_model.config)
-        base.load_state_dict(_clean_base_state(encoder.base_model))
-        base.save_pretrained(out / "base")
-        processor.hf_processor.save_pretrained(out / "base")
-        spec.update(pretrained="base", tiny=None, llm_swap=None)
-        files.append("base")
-    spec["tokenizer"] = "processor"  # spec["lora"] stays: a record of how the adapter was trained
+    spec, files = encoder.save_export(out)
     if config is not None:
         from omegaconf import OmegaConf
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(dict(config)), resolve=True))
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(dict(config)), resolve=True))
         files.append("config.yaml")
-    meta = {"format": 1, "backbone": spec, "files": files}
-    (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write_json(out / EXPORT_FILE, {"format": 1, "backbone": spec, "files": files}, indent=2, default=str)
     if merged:
         write_merged(out)
     return out
 
 
-def _spec_from(path: Path, merged: bool = False) -> Any:
-    meta = json.loads((path / EXPORT_FILE).read_text())
-    args = dict(meta["backbone"])
-    cls = get_class(args.pop("_target_"))
-    for key in ("pretrained", "tokenizer"):  # directory-relative entries
-        if args.get(key) and (path / args[key]).exists():
-            args[key] = str(path / args[key])
-    if merged:
-        args.update(pretrained=str(path / "merged"), tiny=None, llm_swap=None)
-    args["lora"] = None  # the trained LoRA comes from adapter/, not a fresh one
-    return cls(**args)
-
-
-def load_encoder(path: str | Path, merged: bool = False) -> MLLMEncoder:
-    """The exported encoder, in eval mode."""
-    path = Path(path)
-    backbone = _spec_from(path, merged)
-    encoder = backbone.build_encoder()
-    if not merged and (path / "adapter").is_dir():
-        encoder.model = PeftModel.from_pretrained(encoder.model, str(path / "adapter"))
-    elif not merged and (path / "projector.safetensors").is_file():
-        encoder.base_model.get_submodule(backbone.projector).load_state_dict(
-            load_file(str(path / "projector.safetensors")))
-    if (path / "pooling.safetensors").is_file():
-        encoder.pooling.load_state_dict(load_file(str(path / "pooling.safetensors")))
-    return encoder.eval()
 
 
 def write_merged(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """``merged/``: the export's LoRA and projector folded into the base weights, cast to ``dtype``."""
+    """``merged/``: the export's trained weights folded into one model directory, cast to ``dtype``."""
     path = Path(path)
-    encoder = load_encoder(path)
-    model = encoder.model.merge_and_unload() if isinstance(encoder.model, PeftModel) else encoder.model
-    model.to(dtype).save_pretrained(path / "merged")
-    encoder.backbone.build_processor().hf_processor.save_pretrained(path / "merged")
+    meta = json.loads((path / EXPORT_FILE).read_text())
+    meta["merged"] = load_encoder(path).save_merged(path / "merged", dtype)
+    atomic_write_json(path / EXPORT_FILE, meta, indent=2, default=str)
     return path / "merged"
 
 
@@ -136,7 +67,7 @@ class Embedder:
     inputs are encoded as queries (instruction + content); without, as candidates (content only).
     """
 
-    def __init__(self, encoder: MLLMEncoder, device: str | torch.device = "cpu"):
+    def __init__(self, encoder: Encoder, device: str | torch.device = "cpu"):
         self.encoder = encoder.to(device)
         self.processor = encoder.backbone.build_processor()
         self.device = torch.device(device)
@@ -155,19 +86,13 @@ class Embedder:
             text, image = None, x
         return Item(text, image, modality_of(text, image), instruction=instruction)
 
-    @torch.no_grad()
     def encode(self, inputs: Iterable[Any], instruction: str | None = None, batch_size: int = 16) -> torch.Tensor:
-        items = [self.to_item(x, instruction) for x in inputs]
-        out = []
-        for start in range(0, len(items), batch_size):
-            batch = self.processor(items[start:start + batch_size])
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            out.append(self.encoder.encode_queries(batch).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, self.encoder.dim)
+        return encode_items(self.encoder, self.processor, [self.to_item(x, instruction) for x in inputs],
+                            query=instruction is not None, batch_size=batch_size, device=self.device)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", merged: bool = False) -> Embedder:
-    """Load an export (adapter on its base, or ``merged=True`` for ``merged/``) for encoding."""
+    """Load an export (trained weights on their base, or ``merged=True`` for ``merged/``) for encoding."""
     return Embedder(load_encoder(path, merged=merged), device)
 
 
@@ -190,26 +115,15 @@ class ExportCallback(L.Callback):
 
 
 def from_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None, merged: bool = False) -> Path:
-    """Export a run's checkpoint (Lightning ``.ckpt``, or a DeepSpeed checkpoint directory)."""
+    """Export a run's checkpoint (any kind mmtrain/checkpoint.py reads; default its last.ckpt)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    run_dir = Path(run_dir)
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
-    encoder = instantiate(cfg.model).build_encoder()
-    if ckpt.is_dir():  # DeepSpeed: consolidate the partitioned states (Lightning's converter)
-        import tempfile
 
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-        with tempfile.TemporaryDirectory() as tmp:
-            state = convert_zero_checkpoint_to_fp32_state_dict(str(ckpt), f"{tmp}/fp32.ckpt")["state_dict"]
-    else:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    missing, _ = encoder.load_state_dict(weights, strict=False)
-    trained = {n for n, p in encoder.named_parameters() if p.requires_grad}
-    if trained & set(missing):
-        raise ValueError(f"{ckpt} lacks trained weights: {sorted(trained & set(missing))[:5]}")
+    from mmtrain.checkpoint import load_encoder as load_checkpoint
+    from mmtrain.run_dir import output_path
+    cfg = OmegaConf.load(output_path(run_dir, "config"))
+    ckpt = checkpoint or output_path(run_dir, "checkpoint")
+    encoder = load_checkpoint(instantiate(cfg.model), ckpt)
     return export(encoder, out_dir, config=cfg, merged=merged)
 
 

@@ -3,8 +3,10 @@
 ``cfg.pipeline`` lists experiment names (e.g. the toy world's rand -> hard -> continual). Each stage is
 composed exactly as ``python -m mmtrain +experiment=<stage> <the user's overrides>`` would compose it,
 and runs in ``<paths.pipeline_dir>/<stage.name>``; stages find each other's checkpoints and negatives
-tables by that convention (conf/stage/*.yaml), so a stage can also be rerun on its own. A stage
-that already reached its max_steps resumes from its last checkpoint and is not trained again.
+tables through the run layout (``${stage_output:hard,checkpoint}`` in conf/stage/*.yaml,
+mmtrain/run_dir.py), so a stage can also be rerun on its own. A stage that already reached its
+max_steps resumes from its last checkpoint and is not trained again. ``dry_run_pipeline`` checks every
+stage without training (mmtrain/preflight.py).
 
 At the end: one table per metric with a column per stage (MM-Embed Tables 1 and 2: R@5 and the modality
 accuracy of the top-1, M.A.@1, per task; the text set's nDCG@10 when the data has one, Table 6), written as
@@ -14,21 +16,23 @@ pipeline.{md,json} into ``pipeline_dir``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from hydra import compose
 from omegaconf import DictConfig
 
+from mmtrain.dist import is_global_zero
+from mmtrain.io import atomic_write_json, atomic_write_text
+from mmtrain.preflight import dry_run
+from mmtrain.run_dir import PIPELINE_REPORT, RunDir, mined_table, stage_dir
 from mmtrain.train import train
 
 
 def stage_config(experiment: str, overrides: list[str]) -> DictConfig:
     """The composed config of one stage (needs an initialised Hydra, as inside ``hydra.main``)."""
     cfg = compose("config", overrides=[*overrides, f"+experiment={experiment}"])
-    run_dir = Path(cfg.paths.pipeline_dir) / cfg.stage.name
-    cfg.paths.run_dir = str(run_dir)
+    cfg.paths.run_dir = str(stage_dir(cfg.paths.pipeline_dir, cfg.stage.name))
     cfg.pipeline = []
     return cfg
 
@@ -41,22 +45,35 @@ def run_pipeline(experiments: list[str], overrides: list[str]) -> list[dict[str,
         cfg = stage_config(experiment, overrides)
         print(f"\n=== stage {cfg.stage.name} ({experiment}) -> {cfg.paths.run_dir}", flush=True)
         train(cfg)
-        results = json.loads((Path(cfg.paths.run_dir) / "results.json").read_text())
+        results = json.loads(RunDir(cfg.paths.run_dir).results_file.read_text())
         stages.append({"stage": cfg.stage.name, "experiment": experiment, "run_dir": cfg.paths.run_dir,
                        "results": results, "pipeline_dir": cfg.paths.pipeline_dir})
-    if stages and _is_global_zero():
+    if stages and is_global_zero():
         table = format_stage_table(stages)
-        out = Path(stages[0]["pipeline_dir"])
-        (out / "pipeline.md").write_text(table + "\n")
-        (out / "pipeline.json").write_text(json.dumps(
-            [{k: s[k] for k in ("stage", "experiment", "run_dir")} | {"summary": s["results"]["summary"]}
-             for s in stages], indent=1))
-        print("\n" + table + f"\n\npipeline report: {out / 'pipeline.md'}")
+        report = Path(stages[0]["pipeline_dir"]) / PIPELINE_REPORT
+        atomic_write_text(report.with_suffix(".md"), table + "\n")
+        atomic_write_json(report.with_suffix(".json"),
+                          [{k: s[k] for k in ("stage", "experiment", "run_dir")} | {"summary": s["results"]["summary"]}
+                           for s in stages], indent=1)
+        print("\n" + table + f"\n\npipeline report: {report.with_suffix('.md')}")
     return stages
 
 
-def _is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
+def dry_run_pipeline(experiments: list[str], overrides: list[str], out: Any = print) -> dict[str, Any]:
+    """Each stage of a pipeline in turn; what an earlier stage will write (its checkpoint, its mined
+    table) counts as present for the later ones."""
+    will_exist: list[str] = []
+    reports = []
+    for experiment in experiments:
+        cfg = stage_config(experiment, overrides)
+        out(f"=== stage {cfg.stage.name} ({experiment})")
+        reports.append(dry_run(cfg, will_exist, out))
+        will_exist.append(str(RunDir(cfg.paths.run_dir).last_checkpoint))
+        for callback in (cfg.get("callbacks") or {}).values():  # every miner (mining, mining_text, ...)
+            if callback is not None and "Mining" in str(callback.get("_target_", "")) and callback.get("work_dir"):
+                will_exist.append(str(mined_table(callback.work_dir)))
+    return {"status": "dry_run", "ok": all(r["ok"] for r in reports),
+            "problems": [p for r in reports for p in r["problems"]]}
 
 
 def format_stage_table(stages: list[dict]) -> str:

@@ -20,6 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmtrain.checkpoint import checkpoint_problem
+from mmtrain.run_dir import RUN_OUTPUTS
+
 log = logging.getLogger(__name__)
 
 ERROR, WARNING = "error", "warning"
@@ -159,9 +162,10 @@ def check_paths(cfg: DictConfig, will_exist: Iterable[str] = ()) -> list[Problem
                 continue  # generated with the toy world on the first run
             problems.append(Problem(ERROR, "paths", f"model.{key}={value} does not exist"))
     init_from = cfg.get("stage", {}).get("init_from") if cfg.get("stage") else None
-    if init_from and not Path(init_from).is_file() and str(Path(init_from).absolute()) not in will_exist:
-        problems.append(Problem(ERROR, "paths", f"stage.init_from={init_from} does not exist: run the previous "
-                                                "stage first (or point stage.init_from at its checkpoint)"))
+    problem = init_from and str(Path(init_from).absolute()) not in will_exist and \
+        checkpoint_problem(init_from, "stage.init_from")
+    if problem:
+        problems.append(Problem(ERROR, "paths", problem))
     for key in ("paths.run_dir", "paths.cache_dir"):
         where = _nearest_existing(Path(OmegaConf.select(cfg, key)))
         if not os.access(where, os.W_OK):
@@ -200,7 +204,7 @@ def check_negatives(cfg: DictConfig, will_exist: Iterable[str] = ()) -> list[Pro
         if not Path(table).is_dir():
             problems.append(Problem(ERROR, "negatives", f"data.negatives_table {table} does not exist: stage {stage} "
                                     "reads the hard negatives mined at the end of the previous stage; run that stage "
-                                    "first (it writes <its run_dir>/mining/table)"))
+                                    f"first (it writes <its run_dir>/{RUN_OUTPUTS['negatives']})"))
         elif not (Path(table) / "meta.json").is_file():
             problems.append(Problem(ERROR, "negatives", f"data.negatives_table {table} has no meta.json: not a "
                                     "finished table"))
@@ -292,21 +296,3 @@ def dry_run(cfg: DictConfig, will_exist: Iterable[str] = (), out: Any = print) -
     out("dry run: OK, nothing trained" if not problems else f"dry run: {len(problems)} problem(s), nothing trained")
     return {"status": "dry_run", "ok": not problems, "problems": [asdict(p) for p in problems]}
 
-
-def dry_run_pipeline(experiments: list[str], overrides: list[str], out: Any = print) -> dict[str, Any]:
-    """Each stage of a pipeline in turn; what an earlier stage will write (its checkpoint, its mined
-    table) counts as present for the later ones."""
-    from mmtrain.pipeline import stage_config
-
-    will_exist: list[str] = []
-    reports = []
-    for experiment in experiments:
-        cfg = stage_config(experiment, overrides)
-        out(f"=== stage {cfg.stage.name} ({experiment})")
-        reports.append(dry_run(cfg, will_exist, out))
-        will_exist.append(str(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"))
-        for callback in (cfg.get("callbacks") or {}).values():  # every miner (mining, mining_text, ...)
-            if callback is not None and "Mining" in str(callback.get("_target_", "")) and callback.get("work_dir"):
-                will_exist.append(str(Path(callback.work_dir) / "table"))
-    return {"status": "dry_run", "ok": all(r["ok"] for r in reports),
-            "problems": [p for r in reports for p in r["problems"]]}

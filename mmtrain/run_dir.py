@@ -1,18 +1,26 @@
 """The run directory and its one owner (NeMo exp_manager's idea, codebase-models.md §2.7).
 
-A run directory holds everything a relaunch needs to continue the same run::
+``RunDir`` is the run layout: every path a run reads or writes is asked of it, and a staged
+pipeline's stages find each other's outputs through it (``RUN_OUTPUTS``)::
 
     <run_dir>/
       .owner.lock         flock'ed by global rank 0 while a launch runs: a second launch into the
                           same directory fails instead of interleaving checkpoints
       owner.json          who holds it (host, pid, SLURM job id): for the error message only
       wandb_id            the wandb run id, written once; every relaunch logs into the same run
-      checkpoints/last.ckpt   written atomically (mmtrain/lightning/callbacks.py AtomicCheckpoint)
+      config.yaml         the resolved config of the last launch (train.py)
+      checkpoints/last.ckpt   written atomically (mmtrain/lightning/callbacks.py AtomicCheckpointIO)
+      mining/table        hard negatives mined at the end of a stage (mining_text/table: the text set's)
+      results.json        the final evaluation (mmtrain/eval/report.py)
       summary.json        the finished run's status and metrics (train.py)
+
+    <pipeline_dir>/<stage name>/   one run directory per stage of a pipeline (mmtrain/pipeline.py)
+    <pipeline_dir>/pipeline.{md,json}   the stage table
 
 The directory itself comes from the config (``paths.run_dir`` = Hydra's run dir); under SLURM the
 sbatch scripts derive it from the job id, so a requeued job finds it again and every rank agrees on
-it (launch/slurm/train.sbatch).
+it (launch/slurm/train.sbatch). In the YAML, ``${run_output:mining}`` is this run's and
+``${stage_output:rand,negatives}`` a pipeline stage's output (resolvers registered by mmtrain.config).
 """
 
 from __future__ import annotations
@@ -25,56 +33,39 @@ import os
 import socket
 import time
 import uuid
-import zipfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from mmtrain.checkpoint import is_complete_checkpoint
+from mmtrain.dist import rank_from_env
+from mmtrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".owner.lock"
 OWNER_FILE = "owner.json"
-WANDB_ID_FILE = "wandb_id"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+MINED_TABLE = "table"    # a miner writes <its work_dir>/table (mmtrain/mining/miner.py)
+# What a run leaves in its directory, by name: ``RunDir.output(name)``, ``${run_output:name}`` and
+# ``${stage_output:stage,name}`` in the YAML all read this one table.
+RUN_OUTPUTS = {
+    "checkpoints": CHECKPOINT_DIR,                        # the checkpoint callback's dirpath
+    "checkpoint": f"{CHECKPOINT_DIR}/{LAST}",
+    "mining": "mining",                                   # the multimodal miner's work dir
+    "negatives": f"mining/{MINED_TABLE}",                 # ... and the table it writes
+    "mining_text": "mining_text",                         # the text set's miner (toy stage 2)
+    "text_negatives": f"mining_text/{MINED_TABLE}",
+    "config": "config.yaml",
+    "results": "results.json",
+    "summary": "summary.json",
+    "wandb_id": "wandb_id",
+}
+PIPELINE_REPORT = "pipeline"  # <pipeline_dir>/pipeline.{md,json}
 
 
 class RunDirBusy(RuntimeError):
     """Another live launch owns this run directory."""
-
-
-def global_rank_from_env() -> int:
-    """This process's global rank before any process group exists: torchrun's RANK, srun's
-    SLURM_PROCID, else Lightning's local DDP children (LOCAL_RANK / NODE_RANK set by its launcher)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
-    return 0 if local == 0 and node == 0 else max(1, local)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target, then rename: a reader sees the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint a relaunch may load: a torch.save zip whose central directory is intact (a file
-    cut off mid-write loses it, since it is written last), or a DeepSpeed checkpoint directory with
-    its ``latest`` tag (written after the shards)."""
-    if path.is_dir():
-        return (path / "latest").is_file()
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(name.endswith("data.pkl") for name in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 class RunDir:
@@ -86,12 +77,33 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike, rank: int | None = None) -> None:
         self.path = Path(path).absolute()
-        self.rank = global_rank_from_env() if rank is None else rank
+        self.rank = rank_from_env() if rank is None else rank
         self._lock: IO[str] | None = None
+
+    # -- layout ------------------------------------------------------------------------------------
+    def output(self, name: str) -> Path:
+        """A path the run writes, by its name in ``RUN_OUTPUTS``."""
+        return output_path(self.path, name)
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / CHECKPOINT_DIR
+        return self.output("checkpoints")
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.output("checkpoint")
+
+    @property
+    def config_file(self) -> Path:
+        return self.output("config")
+
+    @property
+    def results_file(self) -> Path:
+        return self.output("results")
+
+    @property
+    def summary_file(self) -> Path:
+        return self.output("summary")
 
     # -- ownership ---------------------------------------------------------------------------------
     def acquire(self, requeue_wait_s: float = 180.0) -> None:
@@ -155,7 +167,7 @@ class RunDir:
     def wandb_id(self) -> str | None:
         """The run's wandb id: created once by rank 0, read back on every relaunch, so a requeued or
         relaunched run continues the same wandb run (LHT #128). Other ranks log nothing to wandb."""
-        path = self.path / WANDB_ID_FILE
+        path = self.output("wandb_id")
         if path.is_file():
             return path.read_text().strip() or None
         if self.rank != 0:
@@ -170,7 +182,7 @@ class RunDir:
         (never a temporary or a cut-off file); None for a fresh run."""
         if not self.checkpoints.is_dir():
             return None
-        last = self.checkpoints / LAST
+        last = self.last_checkpoint
         if is_complete_checkpoint(last):
             return last
         if last.exists():
@@ -178,3 +190,38 @@ class RunDir:
         others = sorted((p for p in self.checkpoints.glob("*.ckpt") if p != last and is_complete_checkpoint(p)),
                         key=lambda p: p.stat().st_mtime)
         return others[-1] if others else None
+
+
+def stage_dir(pipeline_dir: str | os.PathLike, stage: str) -> Path:
+    """The run directory of one stage of a pipeline."""
+    return Path(pipeline_dir) / stage
+
+
+def output_path(run_dir: str | os.PathLike, name: str) -> Path:
+    """``<run_dir>/<RUN_OUTPUTS[name]>`` (relative stays relative, as the config wrote it)."""
+    if name not in RUN_OUTPUTS:
+        raise KeyError(f"unknown run output {name!r}; one of {sorted(RUN_OUTPUTS)}")
+    return Path(run_dir) / RUN_OUTPUTS[name]
+
+
+def mined_table(work_dir: str | os.PathLike) -> Path:
+    """The table a miner with this work dir writes."""
+    return Path(work_dir) / MINED_TABLE
+
+
+def run_output(name: str, *, _root_: Any) -> str:
+    """``${run_output:mining}``: an output of this run (under ``paths.run_dir``)."""
+    return str(output_path(_root_.paths.run_dir, name))
+
+
+def stage_output(stage: str, name: str, *, _root_: Any) -> str:
+    """``${stage_output:hard,checkpoint}``: an output of another stage of the same pipeline (under
+    ``<paths.pipeline_dir>/<stage>``), so a stage run alone finds the previous one's."""
+    return str(output_path(stage_dir(_root_.paths.pipeline_dir, stage), name))
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("run_output", run_output, replace=True)
+    OmegaConf.register_new_resolver("stage_output", stage_output, replace=True)

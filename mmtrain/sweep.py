@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mmtrain.io import atomic_write_text
+from mmtrain.run_dir import output_path
+
 log = logging.getLogger(__name__)
 
 ROWS_DIR = "summary"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def job_row(job_num: int, overrides: list[str], job_status: str, run_dir: Path, error: str | None,
@@ -46,7 +42,7 @@ def job_row(job_num: int, overrides: list[str], job_status: str, run_dir: Path, 
     row: dict[str, Any] = {"job": job_num, "overrides": " ".join(overrides), "status": job_status,
                            "global_step": None}
     try:
-        saved = json.loads((run_dir / "summary.json").read_text())
+        saved = json.loads(output_path(run_dir, "summary").read_text())
     except (OSError, ValueError):
         saved = {}
     if saved.get("status") == "interrupted":  # stopped with a checkpoint: rerun the sweep point to finish it
@@ -81,7 +77,7 @@ def write_table(sweep_dir: Path) -> Path | None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(sweep_dir / "summary.csv", buf.getvalue())
+    atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
     # The markdown table shows the swept keys (those whose value differs between jobs) as columns
     # instead of every job's full override list (kept in the CSV).
     parsed = [dict(o.split("=", 1) for o in r["overrides"].split() if "=" in o) for r in rows]
@@ -94,7 +90,7 @@ def write_table(sweep_dir: Path) -> Path | None:
         lines.append("| " + " | ".join(cells) + " |")
     counts = Counter(r["status"] for r in rows)
     head = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    _atomic_write(sweep_dir / "summary.md", head + "\n\n" + "\n".join(lines) + "\n")
+    atomic_write_text(sweep_dir / "summary.md", head + "\n\n" + "\n".join(lines) + "\n")
     return sweep_dir / "summary.md"
 
 
@@ -119,7 +115,7 @@ class SweepSummary(Callback):
             row = job_row(int(config.hydra.job.num), list(job_return.overrides or []), status, run_dir, error,
                           self.metrics)
             (sweep_dir / ROWS_DIR).mkdir(parents=True, exist_ok=True)
-            _atomic_write(sweep_dir / ROWS_DIR / f"job-{row['job']}.json", json.dumps(row, default=str) + "\n")
+            atomic_write_text(sweep_dir / ROWS_DIR / f"job-{row['job']}.json", json.dumps(row, default=str) + "\n")
             write_table(sweep_dir)
         except Exception as e:  # noqa: BLE001 (a table problem must not fail the job or the sweep)
             log.warning("sweep summary: %s", e)

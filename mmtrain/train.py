@@ -23,16 +23,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.eval.metrics import summarize
-from mmtrain.eval.report import format_table, write_report
+from mmtrain.eval.report import pair_report, write_report
 from mmtrain.lightning.callbacks import AtomicCheckpointIO, RunInterrupted
 from mmtrain.lightning.module import RetrievalModule
 from mmtrain.preflight import dry_run, preflight
-from mmtrain.run_dir import RunDir, atomic_write_text
+from mmtrain.io import atomic_write_text
+from mmtrain.run_dir import RunDir
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILE = "summary.json"
-
 
 def _named(nodes: DictConfig | None) -> list[Any]:
     """Instantiate a dict of named ``_target_`` nodes; a null entry is switched off."""
@@ -102,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         module, datamodule, trainer = build(cfg, wandb_id=run.wandb_id())
         if trainer.is_global_zero:
-            atomic_write_text(run.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_text(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
         ckpt = run.resume_checkpoint() if cfg.run.resume else None
         if ckpt is not None:
             log.info("resuming from %s", ckpt)
@@ -122,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if trainer is not None:
             if trainer.is_global_zero:
-                _write_summary(run.path, cfg, status, trainer.global_step, trainer.world_size, error,
+                _write_summary(run, cfg, status, trainer.global_step, trainer.world_size, error,
                                summary if status == "completed" else None)
             for logger in trainer.loggers:
                 finalize = getattr(logger, "finalize", None)
@@ -150,19 +148,20 @@ def _evaluate(cfg: DictConfig, run_dir: Path, module: RetrievalModule, datamodul
     if split:
         datamodule.test_split = split
         trainer.test(module, datamodule=datamodule)
-        results = module.eval_results.get(split, [])
+        sets = module.eval_results.get(split, {})
+        results = sets[datamodule.POOL].pairs if datamodule.POOL in sets else []
         summary = summarize(results)
-        text = module.text_results.get(split)
+        text = sets[datamodule.TEXT].summary if datamodule.TEXT in sets else None
         if text is not None:  # the text set (data.text_retrieval): MTEB's nDCG@10
             summary["text"] = text
         if trainer.is_global_zero and cfg.eval.report and results:
-            title = f"{cfg.name}: {split} split, global pool ({results[0].pool_size} candidates)"
+            report = pair_report(results, f"{cfg.name}: {split} split, global pool ({results[0].pool_size} candidates)")
             extra = {"name": cfg.name, "split": split, "seed": cfg.seed, "global_step": trainer.global_step,
                      "world_size": trainer.world_size}
             if text is not None:
                 extra |= {"text_retrieval": text, "text_ndcg10": text["ndcg@10"]}
-            paths = write_report(results, run_dir, title=title, extra=extra)
-            print("\n" + format_table(results, title=title))
+            paths = write_report(report, run_dir, extra)
+            print("\n" + report.to_markdown())
             if text is not None:
                 print(f"\ntext retrieval ({text['name']}, {text['num_queries']} queries, {text['corpus_size']} "
                       f"documents): nDCG@10 {100 * text['ndcg@10']:.1f}")
@@ -178,21 +177,21 @@ def _finished_summary(run: RunDir, cfg: DictConfig, global_step: int) -> dict[st
     """A relaunch of a run that already finished and evaluated at this step reuses that evaluation
     (every rank reads the same file, so all skip or none do)."""
     try:
-        saved = json.loads((run.path / SUMMARY_FILE).read_text())
+        saved = json.loads(run.summary_file.read_text())
     except (OSError, ValueError):
         return None
     same = (saved.get("status") == "completed" and saved.get("global_step") == global_step
             and saved.get("split") == cfg.eval.final_split and saved.get("summary") is not None)
-    if not same or (cfg.eval.final_split and cfg.eval.report and not (run.path / "results.json").is_file()):
+    if not same or (cfg.eval.final_split and cfg.eval.report and not run.results_file.is_file()):
         return None
-    log.info("run already finished and evaluated at step %d: reusing %s", global_step, run.path / SUMMARY_FILE)
+    log.info("run already finished and evaluated at step %d: reusing %s", global_step, run.summary_file)
     summary = saved["summary"]
     if isinstance(summary.get("recall"), dict):  # JSON made the k of R@k a string
         summary["recall"] = {int(k) if str(k).isdigit() else k: v for k, v in summary["recall"].items()}
     return summary
 
 
-def _write_summary(run_dir: Path, cfg: DictConfig, status: str, global_step: int, world_size: int,
+def _write_summary(run: RunDir, cfg: DictConfig, status: str, global_step: int, world_size: int,
                    error: str | None, summary: dict[str, Any] | None) -> None:
     """``summary.json``: what this launch ended with (sweeps tabulate it; relaunches reuse it)."""
     if summary is not None:
@@ -201,9 +200,9 @@ def _write_summary(run_dir: Path, cfg: DictConfig, status: str, global_step: int
                "split": cfg.eval.final_split, "error": error, "summary": summary,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
-        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(payload, indent=1, default=str) + "\n")
+        atomic_write_text(run.summary_file, json.dumps(payload, indent=1, default=str) + "\n")
     except OSError as e:  # never hide the run's own exception behind a failed summary write
-        log.warning("could not write %s: %s", run_dir / SUMMARY_FILE, e)
+        log.warning("could not write %s: %s", run.summary_file, e)
 
 
 def _mark_wandb_preempting() -> None:

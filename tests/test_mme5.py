@@ -26,12 +26,12 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmtrain.data.convert.toy_mme5 import (RESPELL, TOY_LANGUAGES, kth_most_similar, respell, write_toy_hardneg,
+from mmtrain.toy.mme5 import (RESPELL, TOY_LANGUAGES, kth_most_similar, respell, write_toy_hardneg,
                                            write_toy_synthetic)
 from mmtrain.data.mix import mixed_train_dir
 from mmtrain.data.shards import read_manifest
 from mmtrain.data.stream import TrainStream
-from mmtrain.data.toy_world import ensure_toy_world
+from mmtrain.toy.world import ensure_toy_world
 
 # ---- mmE5 (arXiv 2502.08468) as printed: App. B.2 and §4.1, Table 3; data sizes from data-formats.md §4, §5.
 PAPER_GPUS = 64                     # "64 NVIDIA A100 GPUs, each equipped with 40GB of memory"
@@ -78,10 +78,10 @@ def test_mme5_composes_and_builds_without_weights(tmp_path):
     assert cfg.optim.optimizer.lr == PAPER_LR and cfg.optim.lr_schedule == "linear"
     data = instantiate(cfg.data, backbone=backbone, seed=cfg.seed)
     # labelled (shard_dir, weight mix_self) + synthetic part, by row count
-    assert data.mix == {f"{tmp_path}/cache/shards/mme5_synthetic": 560_000.0} and data.mix_self == LABELLED_ROWS
-    assert data.convert["source"] == "mme5-hardneg"
+    assert data.mix == {f"{tmp_path}/cache/shards/mme5_synthetic": 560_000.0} and data.cfg.mix_self == LABELLED_ROWS
+    assert data.cfg.convert["source"] == "mme5-hardneg"
     assert data.parts["synthetic"]["convert"]["source"] == "mme5-synthetic"
-    assert data.num_negatives == PAPER_HARD_NEGATIVES and data.composition == "mixed"
+    assert data.cfg.num_negatives == PAPER_HARD_NEGATIVES and data.cfg.composition == "mixed"
     assert type(instantiate(cfg.strategy)).__name__ == "DeepSpeedStrategy"
     check = instantiate(cfg.callbacks.check_benchmarks)
     assert set(check.benchmarks) == {"mmeb", "xtd"} and check.missing_inputs() == []
@@ -241,14 +241,14 @@ def test_parts_data_module_mixes_labelled_and_synthetic_with_one_negative_each(s
     from mmtrain.lightning.datamodule import RetrievalDataModule
 
     write = {"samples_per_shard": 32, "min_shards_per_source": 1, "workers": 1}
-    dm = RetrievalDataModule(None, str(small_world / "mbeir"), str(tmp_path / "labelled"), toy_world=None,
+    dm = RetrievalDataModule(None, mbeir_root=str(small_world / "mbeir"), shard_dir=str(tmp_path / "labelled"),
                          convert={"toy_layout": "mme5_hardneg", **write}, mix_self=3.0, num_negatives=1,
                          parts={"synthetic": {"shard_dir": str(tmp_path / "synthetic"), "weight": 1.0,
                                               "convert": {"toy_layout": "mme5_synthetic",
                                                           "toy_options": {"n_scenes": 40}, **write}}})
     dm.prepare_data()
     assert read_manifest(tmp_path / "synthetic")["source_family"] == "mme5_synthetic"
-    train_dir, weights = mixed_train_dir(dm.shard_dir, dm.mix, dm.mix_self)
+    train_dir, weights = mixed_train_dir(dm.shard_dir, dm.mix, dm.cfg.mix_self)
     stream = TrainStream(train_dir, batch_size=50, composition="mixed", weights=weights, num_negatives=1, seed=0)
     examples = [e for _, batch in zip(range(8), stream) for e in batch]
     assert all(len(e.negatives) == 1 and e.negatives[0].id != e.positive.id for e in examples)
@@ -256,7 +256,7 @@ def test_parts_data_module_mixes_labelled_and_synthetic_with_one_negative_each(s
     sigma = math.sqrt(0.25 * 0.75 / len(examples))
     assert abs(synthetic - 0.25) < 5 * sigma            # weights 3 : 1
     with pytest.raises(ValueError, match="own shard directory"):
-        RetrievalDataModule(None, "m", str(tmp_path / "labelled"),
+        RetrievalDataModule(None, mbeir_root="m", shard_dir=str(tmp_path / "labelled"),
                         parts={"x": {"shard_dir": str(tmp_path / "labelled"), "weight": 1.0, "convert": {}}})
 
 
@@ -286,7 +286,7 @@ class OracleEncoder(torch.nn.Module):
 
 
 def test_toy_xtd_layout(tmp_path):
-    from mmtrain.eval.benchmarks.toy_variants import ensure_variant
+    from mmtrain.toy.variants import ensure_variant
 
     out = ensure_variant("xtd", tmp_path / "xtd", 15, 0)
     names = (out / "XTD10" / "test_image_names.txt").read_text().split()
@@ -343,9 +343,7 @@ def test_toy_xtd_and_toy_mmeb_through_the_evaluation_entry(tmp_path):
 @pytest.mark.slow
 def test_toy_mme5_trains_and_reports_mmeb_and_xtd_via_cli(tmp_path):
     run = tmp_path / "run"
-    world = [f"data.toy_world.{k}={v}" for k, v in SMALL_WORLD.items()]
-    args = ["+experiment=toy_mme5", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache", *world,
-            "data.samples_per_shard=16", "data.min_shards_per_source=2", "data.shuffle_buffer=16",
+    args = ["+experiment=toy_mme5", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache", "debug=tiny",
             "data.batch_size=8", "global_batch_size=8", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
             "logger=csv", "data.parts.synthetic.convert.toy_options.n_scenes=24", "eval.benchmarks.xtd.n_images=20"]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}

@@ -43,7 +43,7 @@ from mmtrain.data.convert import convert
 from mmtrain.data.schema import Item, TrainExample
 from mmtrain.data.stream import TrainStream
 from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 class ReplayStream(TrainStream):
     """The stream's resume before the skip-by-count: every worker builds each of its batches from batch

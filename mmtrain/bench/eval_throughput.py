@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtrain.data import toy_scenes as ts
+from mmtrain.toy import scenes as ts
 from mmtrain.data.schema import Item
-from mmtrain.data.toy_world import ensure_toy_world
+from mmtrain.toy.world import ensure_toy_world
 from mmtrain.eval.benchmarks.context import EvalContext
 from mmtrain.eval.embed_cache import EmbeddingCache
 from mmtrain.eval.search import exact_topk

@@ -180,7 +180,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.batch, args.chunk, args.steps, args.threads, args.tokenizer)))
         return
-    from mmtrain.models.tokenizer import train_bpe_tokenizer
+    from mmtrain.toy.tokenizer import train_bpe_tokenizer
     with tempfile.TemporaryDirectory() as tmp:
         corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
         corpus.append("Find an everyday image that matches the caption. Query:")

@@ -66,13 +66,14 @@ def miner_search(root: Path, k: int, block: int) -> np.ndarray:
 def encode_seconds_per_item(n: int = 2048) -> float:
     import os
     import torch
-    from mmtrain.data.shards import ensure_mbeir_shards, load_pool
-    from mmtrain.data.toy_world import ensure_toy_world
+    from mmtrain.data.convert import ensure_converted
+    from mmtrain.data.shards import load_pool
+    from mmtrain.toy.world import ensure_toy_world
     from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
     cache = Path(os.environ.get("MMTRAIN_CACHE", Path.home() / ".cache" / "mmtrain"))
     world = ensure_toy_world(cache / "toy_world" / "seed0", seed=0)
     shards = cache / "shards" / "toy_world_seed0"
-    ensure_mbeir_shards(world / "mbeir", shards, samples_per_shard=200, rebuild_stale=True)
+    ensure_converted(shards, "mbeir", root=world / "mbeir", samples_per_shard=200, rebuild_stale=True)
     items = load_pool(shards, "train")[0][:n]
     bb = ClipSFBackbone(tokenizer=str(world / "tokenizer"), tiny=TinyClip(), max_text_length=64)
     enc, proc = bb.build_encoder().eval(), bb.build_processor()

@@ -21,9 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mmtrain.run_dir import output_path, stage_dir
+
 
 def stage_results(pipeline_dir: Path, stage: str) -> dict:
-    return json.loads((pipeline_dir / stage / "results.json").read_text())
+    return json.loads(output_path(stage_dir(pipeline_dir, stage), "results").read_text())
 
 
 def t2i(results: dict, metric: str) -> float:
@@ -32,7 +34,7 @@ def t2i(results: dict, metric: str) -> float:
 
 def checks(pipeline_dir: Path) -> list[tuple[str, float, str, bool]]:
     s1, s2 = stage_results(pipeline_dir, "rand"), stage_results(pipeline_dir, "hard")
-    mining = json.loads((pipeline_dir / "rand" / "mining" / "table" / "meta.json").read_text())["stats"]
+    mining = json.loads((output_path(stage_dir(pipeline_dir, "rand"), "negatives") / "meta.json").read_text())["stats"]
     r1, r2 = s1["summary"]["headline"], s2["summary"]["headline"]
     m1, m2 = t2i(s1, "modality_acc"), t2i(s2, "modality_acc")
     worst = min(p["headline"] for p in s2["pairs"])
@@ -47,7 +49,7 @@ def checks(pipeline_dir: Path) -> list[tuple[str, float, str, bool]]:
         ("stage 2 mean R@5 - stage 1", r2 - r1, ">= 0.20", r2 - r1 >= 0.20),
         ("stage 2 worst task R@5", worst, ">= 0.40", worst >= 0.40),
     ]
-    if (pipeline_dir / "continual" / "results.json").is_file():
+    if output_path(stage_dir(pipeline_dir, "continual"), "results").is_file():
         s3 = stage_results(pipeline_dir, "continual")
         r3 = s3["summary"]["headline"]
         rows.append(("stage 3 mean R@5 - stage 2", r3 - r2, "within 0.02", abs(r3 - r2) <= 0.02 or r3 > r2))

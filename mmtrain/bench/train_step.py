@@ -27,9 +27,9 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import get_cosine_schedule_with_warmup
 
 from mmtrain.data.collate import TrainCollator
-from mmtrain.data.shards import ensure_mbeir_shards
+from mmtrain.data.convert import ensure_converted
 from mmtrain.data.stream import TrainStream
-from mmtrain.data.toy_world import ensure_toy_world
+from mmtrain.toy.world import ensure_toy_world
 from mmtrain.lightning.module import RetrievalModule
 from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
 from mmtrain.models.loss import ContrastiveLoss
@@ -40,7 +40,7 @@ OPTIMIZER = partial(torch.optim.AdamW, lr=1e-3, betas=(0.9, 0.98), eps=1e-6, wei
 def toy_batches(cache: Path, n: int, batch_size: int) -> tuple[ClipSFBackbone, list[dict]]:
     world = ensure_toy_world(cache / "toy_world" / "seed0", seed=0)
     shards = cache / "shards" / "toy_world_seed0"
-    ensure_mbeir_shards(world / "mbeir", shards, samples_per_shard=200)
+    ensure_converted(shards, "mbeir", root=world / "mbeir", samples_per_shard=200)
     backbone = ClipSFBackbone(tokenizer=str(world / "tokenizer"), tiny=TinyClip(), max_text_length=64)
     stream = TrainStream(shards, batch_size=batch_size, seed=0,
                          collate_fn=TrainCollator(backbone.build_processor()))

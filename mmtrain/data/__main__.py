@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy-layout", help="write the toy world's M-BEIR files in another layout")
     toy.add_argument("layout", choices=["mmeb", "tevatron"])
-    toy.add_argument("--toy-world", required=True, help="a toy world directory (python -m mmtrain.data.toy_world)")
+    toy.add_argument("--toy-world", required=True, help="a toy world directory (python -m mmtrain.toy.world)")
     toy.add_argument("--out", required=True)
 
     mix = sub.add_parser("mix", help="one manifest over several converted sources, weighted")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     if args.command == "toy-layout":
-        from mmtrain.data.convert.toy_layouts import write_toy_layout
+        from mmtrain.toy.layouts import write_toy_layout
 
         print(write_toy_layout(args.layout, args.toy_world, args.out))
         return 0

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from mmtrain.data.shards import MANIFEST, SCHEMA_VERSION, _file_info, read_manifest
+from mmtrain.data.shards import MANIFEST, SCHEMA_VERSION, file_info, read_manifest
+from mmtrain.io import atomic_write_json
 
 
 def write_mix(out_dir: str | Path, parts: dict[str | Path, float], *, eval_from: str | Path | None = None,
@@ -68,13 +68,11 @@ def write_mix(out_dir: str | Path, parts: dict[str | Path, float], *, eval_from:
         "part_of_source": families, "sources": sources, "pools": pools,
         "dataset_ids": home_manifest.get("dataset_ids", {}),
         # The parts' manifests, so a re-converted part makes this mix stale (shards.stale_source_files).
-        "source_files": {str(p / MANIFEST): _file_info(p / MANIFEST) for p in resolved},
+        "source_files": {str(p / MANIFEST): file_info(p / MANIFEST) for p in resolved},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from mmtrain.data.schema import Item
 from mmtrain.data.shards import read_manifest
+from mmtrain.io import atomic_save
 
 INDEX = "pool_index.npy"
 FIELDS = [("did_hash", np.int64), ("shard", np.int32), ("json_offset", np.int64), ("json_size", np.int64),
@@ -57,9 +58,8 @@ class PoolStore:
         path = self.root / "pool" / split / INDEX
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)  # converted sets keep pool shards elsewhere
-            tmp = path.with_name(f"{INDEX}.tmp-{os.getpid()}.npy")
-            np.save(tmp, build_index(self.shards))
-            os.replace(tmp, path)  # atomic: concurrent builders write the same bytes
+            index = build_index(self.shards)
+            atomic_save(path, lambda tmp: np.save(tmp, index))  # concurrent builders write the same bytes
         self.index = np.load(path, mmap_mode="r")
         self._fds: dict[int, int] = {}
 

@@ -60,6 +60,7 @@ Text is normalised once at ingest (``format_string``, UniIR semantics).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MODALITIES = ("text", "image", "image,text")
 
@@ -78,9 +79,14 @@ TASK_NAMES = {t: f"{q} -> {c}" for t, (q, c) in TASKS.items()}
 SHORT_MODALITY = {"text": "t", "image": "i", "image,text": "(i,t)"}
 
 
+def canonical_modality(modality: str) -> str:
+    """``image,text`` for M-BEIR's other spelling ``text,image`` (its task-5 key); others unchanged."""
+    return "image,text" if modality == "text,image" else modality
+
+
 def task_id_for(query_modality: str, cand_modality: str) -> int:
     """UniIR ``get_mbeir_task_id``; raises on a pair M-BEIR does not define (e.g. image -> image,text)."""
-    cand_modality = "image,text" if cand_modality == "text,image" else cand_modality
+    cand_modality = canonical_modality(cand_modality)
     for tid, pair in TASKS.items():
         if pair == (query_modality, cand_modality):
             return tid
@@ -165,6 +171,14 @@ def format_string(s: str | None) -> str:
     if s[-1] not in ".?!":
         s += "."
     return s
+
+
+def shown_path(root: Path, path: Path) -> str:
+    """``path`` as messages and manifests show it: relative to the source root when inside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def hash_qid(qid: str) -> int:

@@ -1,127 +1,44 @@
-"""Convert an M-BEIR tree to WebDataset shards (schema.py's sample schema) and read them back.
+"""Reading shards: the manifest dialect every writer shares, and the samples, pools and eval queries.
 
-Layout under ``out_dir``::
+Every shard directory (written by ``mmtrain/data/convert/``, the one shard writer, or by
+``mix.write_mix`` / the synthesis output) has the layout::
 
-    manifest.json
-    train/<dataset>_task<N>/shard-000000.tar   training queries, positives and negatives inline
-    val/<dataset>_task<N>/shard-*.tar          eval queries, relevant dids (qrels) by id only
-    test/<dataset>_task<N>/shard-*.tar
-    pool/{train,val,test}/shard-*.tar          the split's global pool
+    manifest.json                       written last: it exists only for a finished conversion
+    train/<dataset>_task<N>/shard-*.tar training queries, positives and negatives inline
+    val|test/<dataset>_task<N>/shard-*.tar  eval queries, relevant dids (qrels) by id only
+    pool/{train,val,test}/shard-*.tar   the split's pool
 
-The whole tree is built in ``<out_dir>.tmp-<pid>`` and moved into place with one ``os.replace``, so
-``manifest.json`` exists only for a complete conversion.
+``manifest["source_files"]`` stamps the files it was made from (:func:`file_info`), so a reader can
+tell when its shards are stale (:func:`stale_source_files`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import math
-import os
-import shutil
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from mmtrain.data.mbeir import SPLITS, CandRecord, MBeirData, MBeirSource, QueryRecord, load_mbeir
-from mmtrain.data.schema import EvalQuery, Item, hash_did, hash_qid
-
-log = logging.getLogger(__name__)
+from mmtrain.data.schema import EvalQuery, Item
+from mmtrain.io import file_sha256
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-SOURCE_FAMILY = "mbeir"
-LANGUAGE = "en"  # M-BEIR is English-only
 
 
-def shard_sizes(count: int, samples_per_shard: int, min_shards: int) -> list[int]:
-    """Samples per shard: at most ``samples_per_shard`` each, at least ``min_shards`` shards when
-    there are that many samples (so ranks x workers can split by shard), sizes within one of each other."""
-    if count == 0:
-        return []
-    n = max(math.ceil(count / samples_per_shard), min(min_shards, count))
-    return [(k + 1) * count // n - k * count // n for k in range(n)]
-
-
-def _candidate_json(c: CandRecord, image: str | None, *, with_content: bool = True) -> dict[str, Any]:
-    return {"did": c.did, "did_hash": hash_did(c.did), "modality": c.modality,
-            "text": c.text if with_content else None, "image": image if with_content else None}
-
-
-def _query_sample(root: Path, key: str, q: QueryRecord, source: MBeirSource, pool: dict[str, CandRecord]) -> dict:
-    """One query sample (schema.py): training inlines positives and negatives, eval lists qrels ids."""
-    sample: dict[str, Any] = {"__key__": key}
-    if q.img_path:
-        sample["query.jpg"] = (root / q.img_path).read_bytes()
-
-    def inline(dids: list[str], prefix: str) -> list[dict]:
-        out = []
-        for i, did in enumerate(dids):
-            c = pool[did]
-            if c.img_path:
-                sample[f"{prefix}.{i}.jpg"] = (root / c.img_path).read_bytes()
-            out.append(_candidate_json(c, f"{prefix}.{i}.jpg" if c.img_path else None))
-        return out
-
-    if source.split == "train":
-        positives, negatives = inline(q.pos_dids, "pos"), inline(q.neg_dids, "neg")
-    else:
-        positives = [_candidate_json(pool[d], None, with_content=False) for d in q.relevant]
-        negatives = []  # UniIR never evaluates with the dataset-provided negatives
-    record = {
-        "qid": q.qid, "qid_hash": hash_qid(q.qid), "source": SOURCE_FAMILY, "dataset": source.dataset,
-        "dataset_id": q.dataset_id, "task_id": source.task_id, "language": LANGUAGE,
-        "query": {"text": q.text, "image": "query.jpg" if q.img_path else None, "modality": q.modality},
-        "instructions": q.instructions, "positives": positives, "negatives": negatives,
-    }
-    sample["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
-    return sample
-
-
-def _pool_sample(root: Path, key: str, c: CandRecord) -> dict:
-    record = {"did": c.did, "did_hash": hash_did(c.did), "source": SOURCE_FAMILY, "dataset_id": c.dataset_id,
-              "modality": c.modality, "text": c.text, "image": "jpg" if c.img_path else None}
-    sample: dict[str, Any] = {"__key__": key, "json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
-    if c.img_path:
-        sample["jpg"] = (root / c.img_path).read_bytes()
-    return sample
-
-
-def _write_tars(out: Path, rel_dir: str, samples: Iterator[dict], sizes: list[int], bar: tqdm) -> list[str]:
-    """Write ``sizes[k]`` samples to ``rel_dir/shard-<k>.tar``; return the relative shard paths."""
-    (out / rel_dir).mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, size in enumerate(sizes):
-        rel = f"{rel_dir}/shard-{k:06d}.tar"
-        # encoder=False: members are bytes already; mtime fixed so the same input gives the same bytes
-        with wds.TarWriter(str(out / rel), encoder=False, mtime=0.0) as writer:
-            for _ in range(size):
-                writer.write(next(samples))
-                bar.update(1)
-        paths.append(rel)
-    return paths
-
-
-def _file_info(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+def file_info(path: Path) -> dict[str, Any]:
+    """The stamp of a source file in ``manifest["source_files"]``."""
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
 
 
-def stale_source_files(manifest: dict[str, Any], mbeir_root: str | Path) -> list[str]:
+def stale_source_files(manifest: dict[str, Any], source_root: str | Path) -> list[str]:
     """Source files that changed since the shards were written (or vanished). Cheap: a file whose
     size and mtime match is taken as unchanged; only the others are hashed, so a copy that lost its
     mtimes is not mistaken for new data."""
-    root, stale = Path(mbeir_root), []
+    root, stale = Path(source_root), []
     for rel, info in manifest.get("source_files", {}).items():
         path = root / rel
         if not path.is_file():
@@ -130,97 +47,9 @@ def stale_source_files(manifest: dict[str, Any], mbeir_root: str | Path) -> list
         st = path.stat()
         if st.st_size == info["size"] and st.st_mtime_ns == info.get("mtime_ns"):
             continue
-        if st.st_size != info["size"] or _file_info(path)["sha256"] != info["sha256"]:
+        if st.st_size != info["size"] or file_sha256(path) != info["sha256"]:
             stale.append(rel)
     return stale
-
-
-def _write_tree(data: MBeirData, out: Path, samples_per_shard: int, min_shards: int) -> dict[str, Any]:
-    root = data.root
-    total = sum(len(s.pool) + sum(len(src.queries) for src in s.sources) for s in data.splits.values())
-    sources: dict[str, Any] = {}
-    pools: dict[str, Any] = {}
-    with tqdm(total=total, desc="M-BEIR -> shards", unit="sample", mininterval=1.0) as bar:
-        for split, loaded in data.splits.items():
-            cands = list(loaded.pool.values())
-            sizes = shard_sizes(len(cands), samples_per_shard, min_shards)
-            gen = (_pool_sample(root, f"{i:09d}", c) for i, c in enumerate(cands))
-            per_modality = dict(sorted(Counter(c.modality for c in cands).items()))
-            pools[split] = {"count": len(cands), "count_per_modality": per_modality,
-                            "shards": _write_tars(out, f"pool/{split}", gen, sizes, bar), "shard_counts": sizes}
-            for src in loaded.sources:
-                sizes = shard_sizes(len(src.queries), samples_per_shard, min_shards)
-                gen = (_query_sample(root, f"{i:09d}", q, src, loaded.pool) for i, q in enumerate(src.queries))
-                sources[f"{split}/{src.name}"] = {
-                    "name": src.name, "dataset": src.dataset, "dataset_id": src.dataset_id, "task_id": src.task_id,
-                    "split": split, "count": len(src.queries),
-                    "shards": _write_tars(out, f"{split}/{src.name}", gen, sizes, bar), "shard_counts": sizes}
-    return {
-        "schema_version": SCHEMA_VERSION, "source_family": SOURCE_FAMILY, "mbeir_root": str(root.resolve()),
-        "splits": list(data.splits), "samples_per_shard": samples_per_shard, "min_shards_per_source": min_shards,
-        "sources": sources, "pools": pools,
-        "dataset_ids": {n: i for s in data.splits.values() for n, i in s.dataset_ids.items()},
-        "skipped": [{"kind": p.kind, "location": p.location, "message": p.message} for p in data.skipped],
-        "skipped_counts": dict(sorted(Counter(p.kind for p in data.skipped).items())),
-        "source_files": {p.relative_to(root).as_posix(): _file_info(p) for p in data.files},
-    }
-
-
-def write_mbeir_shards(mbeir_root: str | Path, out_dir: str | Path, *, splits: Iterable[str] = SPLITS,
-                       samples_per_shard: int = 1000, min_shards_per_source: int = 8,
-                       skip_invalid: bool = False, check_images: bool = True) -> dict[str, Any]:
-    """Validate ``mbeir_root`` (raises MBeirFormatError with every problem unless ``skip_invalid``),
-    write the shards and manifest to ``out_dir`` atomically, and return the manifest."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; remove it or use ensure_mbeir_shards")
-    data = load_mbeir(mbeir_root, tuple(splits), skip_invalid=skip_invalid, check_images=check_images)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an earlier crash of a process with our pid
-    tmp.mkdir(parents=True)
-    try:
-        manifest = _write_tree(data, tmp, samples_per_shard, min_shards_per_source)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-        os.replace(tmp, out)  # atomic; fails if another process filled out_dir meanwhile
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
-
-
-def ensure_mbeir_shards(mbeir_root: str | Path, out_dir: str | Path, *, rebuild_stale: bool = False,
-                        **kw: Any) -> dict[str, Any]:
-    """The manifest of ``out_dir`` if it holds a finished conversion, else convert first (kw as
-    :func:`write_mbeir_shards`). Concurrent callers: the first to finish wins, the others read its result.
-
-    Shards whose source files changed since they were written are stale: rebuilt when
-    ``rebuild_stale`` (generated data, e.g. the toy world), otherwise a clear error (nothing of the
-    user's is deleted)."""
-    path = Path(out_dir) / MANIFEST
-    if path.exists():
-        manifest = read_manifest(out_dir)
-        stale = stale_source_files(manifest, mbeir_root)
-        if stale and not rebuild_stale:
-            raise RuntimeError(f"{out_dir} is stale: {len(stale)} source files under {mbeir_root} changed "
-                               f"since its shards were written (e.g. {stale[:3]}); delete it to rebuild")
-        if stale:
-            log.warning("%s is stale (%d source files changed); rebuilding", out_dir, len(stale))
-            old = Path(out_dir).parent / f"{Path(out_dir).name}.stale-{os.getpid()}"
-            os.replace(out_dir, old)
-            shutil.rmtree(old, ignore_errors=True)
-            return ensure_mbeir_shards(mbeir_root, out_dir, **kw)
-        asked = {"splits": list(kw.get("splits", SPLITS)), "samples_per_shard": kw.get("samples_per_shard", 1000),
-                 "min_shards_per_source": kw.get("min_shards_per_source", 8)}
-        differs = {k: (manifest.get(k), v) for k, v in asked.items() if manifest.get(k) != v}
-        if differs:  # cached means cached: say so rather than silently rebuild or ignore
-            log.warning("%s was built with other settings (built, asked): %s; delete it to rebuild", out_dir, differs)
-        return manifest
-    try:
-        return write_mbeir_shards(mbeir_root, out_dir, **kw)
-    except (FileExistsError, OSError):
-        if path.exists():
-            return read_manifest(out_dir)
-        raise
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

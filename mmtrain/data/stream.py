@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,11 +35,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from mmtrain import dist
 from mmtrain.data.corrupt import CorruptSkipper
-from mmtrain.data.schema import Item, TrainExample, task_label
+from mmtrain.data.negatives import NegativesTable, sample_negatives
 from mmtrain.data.pool_store import PoolStore
+from mmtrain.data.schema import Item, TrainExample, task_label
 from mmtrain.data.shards import iter_samples, read_manifest
-from mmtrain.mining.table import NegativesTable, sample_negatives
 
 COMPOSITIONS = ("homogeneous", "mixed", "share")
 INSTRUCTION_MODES = ("random", "first", "none")
@@ -53,13 +53,6 @@ INDEX_KEY = "__index__"  # a raw sample's position in its source (shard offset +
 def _seed(*parts: int) -> int:
     """A 64-bit seed from non-negative ints (numpy SeedSequence: order-sensitive, well mixed)."""
     return int(np.random.SeedSequence([p % 2**63 for p in parts]).generate_state(2, np.uint64)[0])
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """torch.distributed when initialised, else env RANK / WORLD_SIZE, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def worker_and_num_workers() -> tuple[int, int]:
@@ -171,7 +164,7 @@ class TrainStream(IterableDataset):
 
     # -- iteration ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        rank, world_size = rank_and_world_size()
+        rank, world_size = dist.rank(), dist.world_size()
         worker, num_workers = worker_and_num_workers()
         # The reader slot follows the batch residue, not the worker id, so batch b has the same
         # content whatever start_batch is (worker w of a resumed run serves residue (start+w) % k).
@@ -341,7 +334,7 @@ class TrainStream(IterableDataset):
         return [order[(start + i) % len(order)] for i in range(k)]
 
     def _mined_negatives(self, qid_hash: int, rng: random.Random) -> list[Item] | None:
-        """This visit's mined negatives (sampling policy of mmtrain.mining.table.sample_negatives): []
+        """This visit's mined negatives (sampling policy of mmtrain.data.negatives.sample_negatives): []
         for a query mined without result (it trains on in-batch negatives only), None for a query that no
         table holds."""
         if self._mined is None:

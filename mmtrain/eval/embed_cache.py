@@ -4,7 +4,7 @@ over the same retrieval) does not encode again.
 An entry is ``<dir>/<key[:2]>/<key>.npy`` plus ``<key>.json`` (what was encoded, when, shape). The key
 is a SHA-256 over the model fingerprint, the side (query / candidate) and the data fingerprint, so any
 change to either gives a new entry instead of a stale hit. Writes go to a temporary file that is
-renamed into place (``os.replace``): a reader sees a whole entry or none, and two processes writing
+renamed into place (``mmtrain.io``): a reader sees a whole entry or none, and two processes writing
 the same entry both leave a valid file.
 
 Fingerprints:
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mmtrain.data.schema import Item
+from mmtrain.io import atomic_save, atomic_write_json
 
 CACHE_VERSION = 1  # bump when the entry format or the fingerprint recipe changes
 
@@ -75,22 +75,6 @@ def entry_key(model_fp: str, side: str, data_fp: str) -> str:
     return hashlib.sha256(f"{model_fp}|{side}|{data_fp}".encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class EmbeddingCache:
     """Embeddings by key in ``root``; ``dtype`` is the storage type (float16 halves disk and memory for
     large pools; results are always computed from what is stored, so a hit and a miss agree)."""
@@ -117,10 +101,11 @@ class EmbeddingCache:
     def save(self, key: str, emb: np.ndarray, meta: dict[str, Any]) -> None:
         npy, meta_path = self._paths(key)
         arr = np.ascontiguousarray(emb, dtype=self.dtype)
-        _atomic_write(npy, lambda f: np.save(f, arr, allow_pickle=False))
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(npy, lambda tmp: np.save(tmp, arr, allow_pickle=False), fsync=True)
         info = {**meta, "shape": list(arr.shape), "dtype": str(arr.dtype), "created": time.time(),
                 "cache_version": CACHE_VERSION}
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(info, indent=1, default=str).encode()))
+        atomic_write_json(meta_path, info, default=str)
 
     def round_trip(self, emb: np.ndarray) -> np.ndarray:
         """``emb`` as it reads back from the cache, so a fresh encode and a cache hit search alike."""

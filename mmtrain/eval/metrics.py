@@ -1,5 +1,7 @@
 """M-BEIR retrieval metrics: hit-rate Recall@k, modality accuracy M.A.@1, chance level, averages.
 
+Text sets are scored with nDCG@k (``ndcg_at_k``, evaluation.md §3).
+
 Protocol (evaluation.md §1.2): Recall@k is UniIR's ``compute_recall_at_k``, a hit rate (1 if any
 relevant candidate is in the top k, else 0, averaged over queries). The headline score of a
 (dataset, task) pair is R@5, except Fashion200K and FashionIQ which use R@10. "Avg. All" is the
@@ -69,6 +71,30 @@ def hit_rate_at_k(ranked_ids: np.ndarray, relevant: Sequence[Collection[int]], k
         rel_set = rel if isinstance(rel, (set, frozenset)) else set(rel)
         hits[q] = float(any(did in rel_set for did in row))
     return hits
+
+
+def ndcg_at_k(ranked_ids: np.ndarray, relevant: Sequence[Collection[int]], k: int = 10) -> np.ndarray:
+    """Per-query nDCG@k of ``ranked_ids`` (Q, K >= k), best first, for binary relevance.
+
+    Relevance is binary (the BEIR converter keeps a qrels row when its score is > 0), so the gain of a
+    relevant document is 1: DCG@k = sum over relevant documents at ranks r <= k of 1 / log2(r + 1),
+    divided by the DCG of the ideal ranking (min(#relevant, k) relevant documents first). This is
+    trec_eval's ``ndcg_cut`` (pytrec_eval, which BEIR and MTEB call) for 0/1 qrels; the tests compare.
+    """
+    ranked_ids = np.asarray(ranked_ids)
+    if ranked_ids.ndim != 2 or ranked_ids.shape[1] < k:
+        raise ValueError(f"ranked_ids must be (Q, K >= {k}), got shape {ranked_ids.shape}")
+    if len(relevant) != len(ranked_ids):
+        raise ValueError(f"{len(ranked_ids)} rankings but {len(relevant)} relevant sets")
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    out = np.zeros(len(ranked_ids), dtype=np.float64)
+    for q, (row, rel) in enumerate(zip(ranked_ids[:, :k].tolist(), relevant)):
+        rel = set(rel)
+        if not rel:
+            raise ValueError(f"query {q} has no relevant document")
+        dcg = sum(discount[r] for r, d in enumerate(row) if d in rel)
+        out[q] = dcg / discount[:min(len(rel), k)].sum()
+    return out
 
 
 def _canonical_modality(m: str) -> str:

@@ -1,8 +1,17 @@
-"""The results report of an evaluation: a Markdown table, a JSON file and a bar chart.
+"""Evaluation results in one shape, and the one writer of reports: JSON, Markdown, PNG, wandb.
 
-``write_report`` writes, into one directory, ``results.json`` (pair rows, summary, metadata),
-``results.md`` (the table of ``format_table``) and ``results.png``. Each file is written to a
-temporary name and renamed into place, so a reader never sees a half-written report.
+Benchmarks differ in metric shape (M-BEIR pairs, MMEB per-task accuracy, RoCOCO false rates, ...), so
+a result is a ``BenchmarkResult``: the raw metrics (fractions in [0, 1], JSON-ready), headline scalars,
+tables laid out like the papers' tables with the paper's numbers beside ours, chart series and, for an
+M-BEIR-shaped result (a training run's final split, ``pair_report``), the per-pair rows.
+
+``write_report`` writes ``results.json``, ``results.md`` and ``results.png`` into one directory (pair
+reports per pool in subdirectories, the same files). Every ``results.json`` has the same keys:
+benchmark, title, metrics_version, headline, metrics, tables, pairs (``PairResult.to_dict`` rows, empty
+when the result has none), summary (``summarize(pairs)``, null without pairs) and extra (run metadata).
+A pair result's Markdown is ``format_table``'s table and its chart the per-pair bars (``_plot_pairs``).
+Everything is serialised before anything is written (a bad value leaves no partial report) and each
+file is renamed into place (``mmtrain.io``).
 """
 
 from __future__ import annotations
@@ -11,13 +20,93 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mmtrain.eval.metrics import METRICS_VERSION, PairResult, summarize
+from mmtrain.io import atomic_write_bytes
+
+Cell = str | int | float | None
+
+
+def pct(x: float | None) -> float | None:
+    """A fraction as a percentage (tables show percent, like the papers)."""
+    return None if x is None else 100.0 * float(x)
+
+
+@dataclass
+class Table:
+    """A table as the paper lays it out. Float cells are percentages (one decimal), None is "-"."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        cells = [[_cell(c) for c in row] for row in self.rows]
+        widths = [max(len(r[i]) for r in [self.columns, *cells]) for i in range(len(self.columns))]
+        numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in self.rows)
+                   for i in range(len(self.columns))]
+
+        def line(values: list[str]) -> str:
+            return "| " + " | ".join(v.rjust(w) if num else v.ljust(w)
+                                     for v, w, num in zip(values, widths, numeric)) + " |"
+
+        rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
+                                 for w, num in zip(widths, numeric)) + " |"
+        out = [f"### {self.title}", "", line(self.columns), rule, *[line(r) for r in cells]]
+        if self.notes:
+            out += ["", *self.notes]
+        return "\n".join(out) + "\n"
+
+
+def _cell(c: Cell) -> str:
+    return "-" if c is None else f"{c:.1f}" if isinstance(c, float) else str(c)
+
+
+@dataclass
+class BenchmarkResult:
+    """What an evaluation reports (a benchmark adapter's ``run``, a training run's final split)."""
+
+    benchmark: str
+    title: str
+    metrics: dict[str, Any]                      # fractions, nested, JSON-ready
+    tables: list[Table]
+    chart: dict[str, dict[str, float | None]]    # series name -> {label: percent}
+    headline: dict[str, float]                   # flat scalars (fractions) for wandb / sweeps
+    pair_reports: dict[str, list[PairResult]] = field(default_factory=dict)  # subdir -> pairs
+    files: dict[str, str] = field(default_factory=dict)  # extra text files: relative name -> content
+    pairs: list[PairResult] = field(default_factory=list)  # M-BEIR-shaped rows (``pair_report``)
+
+    def to_markdown(self) -> str:
+        if self.pairs and not self.tables:
+            return format_table(self.pairs, title=self.title)
+        return f"## {self.title}\n\n" + "\n".join(t.to_markdown() for t in self.tables)
+
+    def to_json(self, extra: dict[str, Any]) -> dict[str, Any]:
+        summary = summarize(self.pairs) if self.pairs else None
+        if summary is not None:
+            summary["recall"] = {str(k): v for k, v in summary["recall"].items()}
+        return {"benchmark": self.benchmark, "title": self.title, "metrics_version": METRICS_VERSION,
+                "headline": self.headline, "metrics": self.metrics,
+                "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows, "notes": t.notes}
+                           for t in self.tables],
+                "pairs": [r.to_dict() for r in self.pairs], "summary": summary, "extra": extra}
+
+
+def pair_report(pairs: Sequence[PairResult], title: str, benchmark: str = "mbeir") -> BenchmarkResult:
+    """A result made of M-BEIR pair rows (a training run's split, one pool of the M-BEIR benchmark)."""
+    if not pairs:
+        raise ValueError("no results to report")
+    summary = summarize(pairs)
+    headline = {k: summary[k] for k in ("headline", "single_modal_query", "multi_modal_query", "modality_acc")
+                if summary[k] is not None}
+    return BenchmarkResult(benchmark, title, {}, [], {}, headline, pairs=list(pairs))
 
 
 def _pct(x: float | None) -> str:
@@ -78,21 +167,6 @@ def format_table(results: Sequence[PairResult], title: str | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_default(obj: object) -> object:
     # numpy scalars and paths show up in run metadata; anything else is a caller error.
     if isinstance(obj, np.generic):
@@ -102,7 +176,39 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _plot_png(results: Sequence[PairResult], title: str) -> bytes:
+def plot_chart(chart: dict[str, dict[str, float | None]], title: str) -> bytes:
+    """Grouped bars (one group per label, one bar per series, values in %) as PNG bytes; object API
+    with an explicit Agg canvas, like report.py (no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = list(dict.fromkeys(label for series in chart.values() for label in series))
+    n, m = len(labels), max(1, len(chart))
+    fig = Figure(figsize=(min(20.0, max(7.0, 0.55 * n * max(1, m / 2) + 3.0)), 5.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x = np.arange(n)
+    width = 0.8 / m
+    for j, (name, series) in enumerate(chart.items()):
+        vals = [series.get(label) for label in labels]
+        ax.bar(x + (j - (m - 1) / 2) * width, [np.nan if v is None else v for v in vals], width,
+               label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8, rotation=35 if n > 6 else 0, ha="right" if n > 6 else "center",
+                       rotation_mode="anchor")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontsize=11)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _plot_pairs(results: Sequence[PairResult], title: str) -> bytes:
     """The grouped bar chart as PNG bytes.
 
     Uses the object-oriented API with an explicit Agg canvas instead of pyplot: no global backend
@@ -168,32 +274,53 @@ def _plot_png(results: Sequence[PairResult], title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_report(results: Sequence[PairResult], out_dir: str | os.PathLike, *, title: str,
-                 extra: dict | None = None) -> dict[str, Path]:
-    """Write results.json, results.md and results.png into ``out_dir`` (created if missing).
-
-    ``extra`` is run metadata stored verbatim in the JSON (model revision, instruction template,
-    pool hashes... evaluation.md §0); it must be JSON-serialisable (numpy scalars and paths are
-    converted). Returns {"json": path, "md": path, "png": path}.
-    """
-    if not results:
-        raise ValueError("no results to report")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results)
-    payload = {
-        "title": title,
-        "metrics_version": METRICS_VERSION,
-        "pairs": [r.to_dict() for r in results],
-        "summary": {**summary, "recall": {str(k): v for k, v in summary["recall"].items()}},
-        "extra": extra or {},
+def write_report(result: BenchmarkResult, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None
+                 ) -> dict[str, Path]:
+    """results.json / results.md / results.png in ``out_dir`` (created if missing), each pair report in
+    ``out_dir/<pool>/`` (the same files), and the result's extra files. ``extra``: run metadata stored
+    verbatim (model, checkpoint, pool hashes... evaluation.md §0; numpy scalars and paths are converted).
+    Returns {relative file name: path}."""
+    extra = extra or {}
+    blobs = {
+        "results.json": (json.dumps(result.to_json(extra), indent=2, default=_json_default, allow_nan=False)
+                         + "\n").encode(),
+        "results.md": result.to_markdown().encode(),
+        "results.png": (_plot_pairs(result.pairs, result.title) if result.pairs and not result.chart
+                        else plot_chart(result.chart, result.title)),
+        **{name: text.encode() for name, text in result.files.items()},
     }
-    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
-    # Serialise everything before writing anything, so a bad ``extra`` leaves no partial report.
-    json_bytes = (json.dumps(payload, indent=2, default=_json_default, allow_nan=False) + "\n").encode()
-    md_bytes = format_table(results, title=title).encode()
-    png_bytes = _plot_png(results, title)
-    _atomic_write_bytes(paths["json"], json_bytes)
-    _atomic_write_bytes(paths["md"], md_bytes)
-    _atomic_write_bytes(paths["png"], png_bytes)
+    out = Path(out_dir)
+    paths = {}
+    for name, data in blobs.items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        paths[name] = atomic_write_bytes(path, data)
+    for sub, pairs in result.pair_reports.items():
+        if pairs:
+            written = write_report(pair_report(pairs, f"{result.title}: {sub}", result.benchmark), out / sub, extra)
+            paths |= {f"{sub}/{name}": p for name, p in written.items()}
     return paths
+
+
+def log_wandb(result: BenchmarkResult, paths: dict[str, Path], *, project: str, name: str, mode: str,
+              run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Headline scalars, every table and the chart to a wandb run (``mode``: online / offline /
+    disabled / auto = online with credentials, else offline; ``WANDB_MODE`` wins)."""
+    import wandb
+
+    from mmtrain.lightning.loggers import wandb_has_credentials
+
+    mode = os.environ.get("WANDB_MODE", mode)
+    if mode == "auto":
+        mode = "online" if wandb_has_credentials() else "offline"
+    run = wandb.init(project=project, name=name, dir=str(run_dir), mode=mode, config=config,
+                     job_type="evaluation", reinit="finish_previous")
+    try:
+        run.log({f"{result.benchmark}/{k}": v for k, v in result.headline.items()})
+        for t in result.tables:
+            run.log({f"{result.benchmark}/{t.title}": wandb.Table(
+                columns=t.columns, data=[[_cell(c) for c in row] for row in t.rows])})
+        if "results.png" in paths:
+            run.log({f"{result.benchmark}/chart": wandb.Image(str(paths["results.png"]))})
+    finally:
+        run.finish()

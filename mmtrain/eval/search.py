@@ -14,7 +14,7 @@ sizes.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +90,14 @@ def exact_topk(queries: np.ndarray | torch.Tensor, candidates: np.ndarray | torc
         out_scores[start:start + len(block)] = scores
         out_ids[start:start + len(block)] = ids
     return out_scores, out_ids
+
+
+def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of several per-chunk top-k lists of the same queries (``ids`` already indices into the
+    whole pool), in ``exact_topk``'s order: a chunked or sharded search then equals one search over all
+    candidates. Padding entries (score -inf) sort last."""
+    merged = _sort_rows(np.concatenate(scores, axis=1), np.concatenate(ids, axis=1))
+    return merged[0][:, :k], merged[1][:, :k]
 
 
 def _as_float32_matrix(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:

@@ -39,6 +39,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleD
 from torch.utils.checkpoint import get_device_states, set_device_states
 
 from mmtrain.lightning.module import RetrievalModule
+from mmtrain.models.encoder import Encoder
 from mmtrain.models.loss import LossOutput
 
 
@@ -74,11 +75,12 @@ def _tensors(inputs: dict[str, Any]) -> list[torch.Tensor]:
     return [v for v in inputs.values() if torch.is_tensor(v)]
 
 
-def gradcache_backward(encoder: torch.nn.Module, loss_fn: torch.nn.Module, batch: dict[str, Any],
+def gradcache_backward(encoder: Encoder, loss_fn: torch.nn.Module, batch: dict[str, Any],
                        chunk_size: int, backward: Callable[[torch.Tensor], None],
                        chunk_sync: Callable[[bool], ContextManager] = lambda last: nullcontext(),
                        replay_rng: bool = True) -> LossOutput:
-    """Steps 1-3 above for one training batch (the ``TrainCollator`` layout); leaves the gradients
+    """Steps 1-3 above for one training batch (the ``TrainCollator`` layout), through the encoder
+    contract only (``split_inputs``, ``encode_queries`` / ``encode_candidates``); leaves the gradients
     in the parameters' ``.grad`` (or the strategy's buffers) and returns the loss output.
 
     ``backward(t)`` back-propagates a scalar (``Tensor.backward`` or Lightning's

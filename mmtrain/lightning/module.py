@@ -1,12 +1,11 @@
-"""The LightningModule: encode -> contrastive loss in training, encode -> exact search -> metrics in
-validation and test. Backbone-agnostic: it only sees the encoder contract
+"""The LightningModule: encode -> contrastive loss in training; in validation and test, encode each named
+evaluation set of the datamodule and score it with the one evaluator (``EvalSet.score``). Backbone-agnostic: it only sees the encoder contract
 (``encode_queries`` / ``encode_candidates`` -> unit vectors) and the backbone spec that builds it.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,9 +13,9 @@ import torch
 from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
                           get_linear_schedule_with_warmup)
 
-from mmtrain.eval.metrics import summarize
-from mmtrain.eval.retrieval import RetrievalEvaluator
-from mmtrain.data.perturb import RobustSettings
+from mmtrain.checkpoint import load_encoder
+from mmtrain.eval.retrieval import EvalResult
+from mmtrain.data.robust import RobustConfig
 from mmtrain.models.loss import ContrastiveLoss, ExtraNegatives
 
 LR_SCHEDULES = {
@@ -43,7 +42,7 @@ class RetrievalModule(L.LightningModule):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {lr_schedule!r} is not one of {sorted(LR_SCHEDULES)}")
-        self.robust = RobustSettings.from_config(robust)
+        self.robust = RobustConfig.from_config(robust)
         if self.robust is not None and type(self).training_step is not RetrievalModule.training_step:
             raise NotImplementedError(f"robust losses are added in RetrievalModule.training_step; "
                                       f"{type(self).__name__} trains with its own step (e.g. GradCache)")
@@ -54,25 +53,14 @@ class RetrievalModule(L.LightningModule):
         self.lr_schedule = lr_schedule
         self.warmup_ratio = warmup_ratio
         self.init_from = init_from
-        self.eval_results: dict[str, list] = {}
-        self.text_results: dict[str, dict] = {}  # split -> the text set's scores (datamodule.text_retrieval)
-        # Per dataloader: (item index, embedding) batches until the epoch ends.
-        self._eval_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.eval_results: dict[str, dict[str, EvalResult]] = {}  # split -> evaluation set -> scores
+        # Per (evaluation set, side): (item index, embedding) batches until the epoch ends.
+        self._eval_buffers: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def configure_model(self) -> None:
+        # init_from: start from another run's weights (a staged recipe), not from its optimiser or step.
         if self.encoder is None:
-            self.encoder = self.backbone.build_encoder()
-            if self.init_from:
-                self._load_encoder_weights(self.init_from)
-
-    def _load_encoder_weights(self, path: str) -> None:
-        """Start from another run's weights (a staged recipe), not from its optimiser or step."""
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"stage.init_from={path} does not exist: run the previous stage first "
-                                    "(or point stage.init_from at its checkpoint)")
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        self.encoder.load_state_dict(weights)
+            self.encoder = load_encoder(self.backbone, self.init_from, what="stage.init_from")
 
     # ---------------------------------------------------------------- training
     def encode_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
@@ -138,22 +126,21 @@ class RetrievalModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---------------------------------------------------------------- evaluation
-    # Even dataloaders yield candidates, odd ones queries: 0/1 the split's pool and queries, 2/3 the
-    # text set's corpus and queries when the datamodule has one (datamodule._eval_loaders).
-    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
-        encode = self.encoder.encode_queries if dataloader_idx % 2 else self.encoder.encode_candidates
+    # Every evaluation batch says which set and side it holds (datamodule._eval_loaders); the module
+    # buffers the embeddings per (set, side) and scores each set of the split at the epoch's end.
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        encode = self.encoder.encode_queries if batch["side"] == "query" else self.encoder.encode_candidates
         emb = encode(batch["inputs"]).float()
-        self._eval_buffers.setdefault(dataloader_idx, []).append((batch["index"], emb))
+        self._eval_buffers.setdefault((batch["eval_set"], batch["side"]), []).append((batch["index"], emb))
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        self._eval_step(batch, dataloader_idx)
+        self._eval_step(batch)
 
     def test_step(self, batch, batch_idx, dataloader_idx=0):
-        self._eval_step(batch, dataloader_idx)
+        self._eval_step(batch)
 
-    def _gathered(self, which: int) -> torch.Tensor:
+    def _gathered(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """All ranks' embeddings of one side, de-duplicated (the sampler pads) and in item order."""
-        buffers = self._eval_buffers.pop(which)
         index = torch.cat([i for i, _ in buffers]).to(self.device)
         emb = torch.cat([e for _, e in buffers])
         index, emb = self.all_gather(index), self.all_gather(emb)
@@ -165,28 +152,20 @@ class RetrievalModule(L.LightningModule):
         return emb[keep].cpu()
 
     def _finish_eval(self, split: str) -> None:
-        if 0 not in self._eval_buffers or 1 not in self._eval_buffers:
-            self._eval_buffers = {}
-            return
-        if 2 in self._eval_buffers and 3 in self._eval_buffers:
-            text = self.trainer.datamodule.text_evaluator(split)
-            docs, text_queries = self._gathered(2), self._gathered(3)
-            self.text_results[split] = text.evaluate(text_queries, docs)
-            for key, value in self.text_results[split].items():
-                if key.startswith(("ndcg@", "hit_rate@")):
-                    self.log(f"{split}/text/{key}", value, rank_zero_only=True)
-        self._eval_buffers = {k: v for k, v in self._eval_buffers.items() if k in (0, 1)}
-        evaluator: RetrievalEvaluator = self.trainer.datamodule.evaluator(split)
-        cand, queries = self._gathered(0), self._gathered(1)
-        results = evaluator.evaluate(queries, cand)
-        self.eval_results[split] = results
-        summary = summarize(results)
-        flat = {f"R@{k}": v for k, v in summary.pop("recall").items()} | summary
-        for key, value in flat.items():
-            if isinstance(value, (int, float)):
-                self.log(f"{split}/{key}", float(value), rank_zero_only=True)
-        for r in results:
-            self.log(f"{split}/R@{r.headline_k}/{r.pair}", float(r.headline), rank_zero_only=True)
+        """Score every evaluation set of ``split`` that was encoded (both sides); log its scalars, the
+        split's own pool (``datamodule.POOL``) as ``<split>/<metric>``, other sets as ``<split>/<set>/<metric>``."""
+        buffered, self._eval_buffers = self._eval_buffers, {}
+        results = {}
+        for name, eval_set in self.trainer.datamodule.eval_sets(split).items():
+            if (name, "query") not in buffered or (name, "candidate") not in buffered:
+                continue
+            cand, queries = self._gathered(buffered[name, "candidate"]), self._gathered(buffered[name, "query"])
+            results[name] = eval_set.score(queries, cand)
+            prefix = f"{split}/" if name == self.trainer.datamodule.POOL else f"{split}/{name}/"
+            for key, value in results[name].scalars().items():
+                self.log(prefix + key, value, rank_zero_only=True)
+        if results:
+            self.eval_results[split] = results
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval(self.trainer.datamodule.val_split)

@@ -2,6 +2,8 @@
 
     python -m mmtrain.mining +experiment=toy_clip_sf_stage1 stage.init_from=/path/to/last.ckpt
 
+``stage.init_from`` is any checkpoint mmtrain/checkpoint.py reads (a DeepSpeed ``last.ckpt/`` too).
+
 The config is a stage's training config: its ``callbacks.mining`` entry says the rule and where the
 table goes (``<run_dir>/mining/table``), its data and model say what to encode. Under ``torchrun`` /
 ``srun`` every rank encodes and searches its share (the process group is initialised from the
@@ -9,8 +11,6 @@ environment); a killed run resumes from its finished parts.
 """
 
 from __future__ import annotations
-
-import os
 
 import hydra
 import torch
@@ -22,7 +22,8 @@ import mmtrain.config  # noqa: F401  (registers the config schemas)
 
 @hydra.main(config_path="pkg://mmtrain.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from mmtrain.lightning.module import RetrievalModule
+    from mmtrain import dist
+    from mmtrain.checkpoint import load_encoder
     from mmtrain.mining.miner import Dist, format_stats
 
     if not cfg.stage.init_from:
@@ -30,24 +31,22 @@ def main(cfg: DictConfig) -> None:
     if not cfg.callbacks.get("mining"):
         raise SystemExit("this config has no callbacks.mining entry: use a stage experiment "
                          "(e.g. +experiment=toy_clip_sf_stage1) or add one")
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = dist.world_from_env()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
     backbone = instantiate(cfg.model)
     data = instantiate(cfg.data, backbone=backbone, seed=cfg.seed)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+    if dist.local_rank() == 0:
         data.prepare_data()
     if world > 1:
         torch.distributed.barrier()
     data.setup("fit")
-    module = RetrievalModule(backbone, instantiate(cfg.loss), optimizer=None, init_from=cfg.stage.init_from)
-    module.configure_model()
-    module.to(device)
+    encoder = load_encoder(backbone, cfg.stage.init_from, what="stage.init_from").to(device)
     mining = instantiate(cfg.callbacks.mining)
     table, stats = mining.make_miner(data.shard_dir).run(
-        module.encoder, data.processor, device, provenance={"checkpoint": cfg.stage.init_from}, dist=Dist())
+        encoder, data.processor, device, provenance={"checkpoint": cfg.stage.init_from}, dist=Dist())
     if Dist().rank == 0:
         print(f"negatives table: {table}\n{format_stats(stats)}")
 

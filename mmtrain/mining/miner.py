@@ -20,24 +20,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmtrain.data.collate import IndexedItems, ItemCollator
+from mmtrain import dist as ranks
 from mmtrain.data.schema import TASKS, Item, task_label
 from mmtrain.data.shards import iter_samples, load_pool, read_manifest
-from mmtrain.eval.search import exact_topk
+from mmtrain.eval.search import exact_topk, merge_topk
+from mmtrain.io import atomic_save, atomic_write_text
+from mmtrain.models.encoder import Encoder, encode_items
 from mmtrain.mining.rules import Negative, NegativeRule, Ranking
 from mmtrain.mining.table import NegativesTable, merge_groups, write_table
+from mmtrain.run_dir import mined_table
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,11 @@ class Dist:
 
     def __init__(self, barrier: Callable[[], None] | None = None):
         on = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.rank = torch.distributed.get_rank() if on else 0
-        self.world_size = torch.distributed.get_world_size() if on else 1
+        self.rank, self.world_size = (ranks.rank(), ranks.world_size()) if on else (0, 1)
         self._barrier = barrier or (torch.distributed.barrier if on else (lambda: None))
 
     def barrier(self) -> None:
         self._barrier()
-
-
-def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix: np.save adds .npy otherwise
-    save(tmp)
-    os.replace(tmp, path)
 
 
 class HardNegativeMiner:
@@ -101,8 +95,7 @@ class HardNegativeMiner:
         self.num_workers = num_workers
 
     # -- 1. encode ------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _encode(self, name: str, items: list[Item], encode: Callable, processor: Callable,
+    def _encode(self, name: str, items: list[Item], encoder: Encoder, processor: Callable,
                 device: torch.device, dist: Dist) -> None:
         out = self.work_dir / "embeddings" / name
         out.mkdir(parents=True, exist_ok=True)
@@ -110,12 +103,9 @@ class HardNegativeMiner:
         mine = [c for i, c in enumerate(chunks) if i % dist.world_size == dist.rank
                 and not (out / f"chunk-{i:05d}.npy").exists()]
         for c in tqdm(mine, desc=f"encode {name} (rank {dist.rank})", disable=not mine, mininterval=2):
-            i = c // self.chunk_size
-            loader = torch.utils.data.DataLoader(
-                IndexedItems(items[c:c + self.chunk_size]), batch_size=self.batch_size,
-                num_workers=self.num_workers, collate_fn=ItemCollator(processor))
-            parts = [encode(_to(b["inputs"], device)).float().cpu().numpy() for b in loader]
-            _atomic_save(out / f"chunk-{i:05d}.npy", lambda p: np.save(p, np.concatenate(parts).astype(np.float16)))
+            emb = encode_items(encoder, processor, items[c:c + self.chunk_size], query=name == "queries",
+                               batch_size=self.batch_size, device=device, num_workers=self.num_workers)
+            atomic_save(out / f"chunk-{c // self.chunk_size:05d}.npy", lambda p: np.save(p, emb.numpy().astype(np.float16)))
 
     def _chunks(self, name: str, n: int) -> list[np.ndarray]:
         return [np.load(self.work_dir / "embeddings" / name / f"chunk-{i:05d}.npy", mmap_mode="r")
@@ -129,10 +119,7 @@ class HardNegativeMiner:
             scores.append(s)
             index.append(i + start)
             start += len(chunk)
-        scores, index = np.concatenate(scores, axis=1), np.concatenate(index, axis=1)
-        # Stable merge: ties keep the lower pool index first, as exact_topk does within a chunk.
-        order = np.lexsort((index, -scores), axis=1)[:, :k]
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(index, order, 1)
+        return merge_topk(scores, index, k)
 
     def _search(self, queries: list[MiningQuery], pool: list[Item], dist: Dist) -> None:
         out = self.work_dir / "search"
@@ -159,7 +146,7 @@ class HardNegativeMiner:
                 negs = self.rule(ranking)
                 rows.append({"q": m.qid_hash, "top1": modalities[ix[0]],
                              "n": [[n.id, n.rank, n.score, n.group] for n in negs]})
-            _atomic_save(out / f"block-{j:05d}.json", lambda p: p.write_text(json.dumps(rows)))
+            atomic_write_text(out / f"block-{j:05d}.json", json.dumps(rows), fsync=False)
 
     # -- 3. table -------------------------------------------------------------------------------
     def _table(self, queries: list[MiningQuery], pool_size: int, provenance: dict) -> tuple[Path, dict]:
@@ -177,10 +164,10 @@ class HardNegativeMiner:
                 "kept_groups": list(self.keep_groups) if self.keep_groups_from else [],
                 "kept_from": str(self.keep_groups_from) if self.keep_groups_from else None,
                 "stats": stats, **provenance}
-        table = write_table(self.work_dir / "table", mined, meta)
+        table = write_table(mined_table(self.work_dir), mined, meta)
         return table, stats
 
-    def run(self, encoder: Any, processor: Callable, device: torch.device | str = "cpu", *,
+    def run(self, encoder: Encoder, processor: Callable, device: torch.device | str = "cpu", *,
             provenance: dict | None = None, dist: Dist | None = None) -> tuple[Path, dict]:
         """Mine with ``encoder`` (``encode_queries`` / ``encode_candidates``); returns the table path
         and the statistics. Every rank must call it."""
@@ -192,15 +179,14 @@ class HardNegativeMiner:
         was_training = encoder.training
         encoder.eval()
         try:
-            self._encode("pool", pool, encoder.encode_candidates, processor, torch.device(device), dist)
-            self._encode("queries", [m.item for m in queries], encoder.encode_queries, processor,
-                         torch.device(device), dist)
+            self._encode("pool", pool, encoder, processor, torch.device(device), dist)
+            self._encode("queries", [m.item for m in queries], encoder, processor, torch.device(device), dist)
         finally:
             encoder.train(was_training)
         dist.barrier()
         self._search(queries, pool, dist)
         dist.barrier()
-        table, stats = (self.work_dir / "table", {})
+        table, stats = (mined_table(self.work_dir), {})
         if dist.rank == 0:
             table, stats = self._table(queries, len(pool), provenance)
             log.info("negatives table %s\n%s", table, format_stats(stats))
@@ -220,16 +206,12 @@ class HardNegativeMiner:
                 for sub in ("embeddings", "search"):
                     shutil.rmtree(self.work_dir / sub, ignore_errors=True)
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_save(path, lambda p: p.write_text(json.dumps(fp)))
+            atomic_write_text(path, json.dumps(fp))
         dist.barrier()
 
 
 def _row(chunks: list[np.ndarray], r: int, size: int) -> np.ndarray:
     return np.asarray(chunks[r // size][r % size], dtype=np.float32)
-
-
-def _to(inputs: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def mining_stats(queries: list[MiningQuery], mined: dict[int, list[Negative]], top1: dict[int, str]) -> dict:

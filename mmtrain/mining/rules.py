@@ -13,7 +13,7 @@ tagged with the group it belongs to. Ranks are 1-based, as in the papers.
 - ``FixedRankRule`` (mmE5 App. B.2): the candidate at a fixed rank (70); if that one is a positive, the
   next non-positive below it.
 
-Which negative a training visit uses is the sampler's business (``mmtrain/mining/table.py``): MM-Embed
+Which negative a training visit uses is the sampler's business (``mmtrain/data/negatives.py``): MM-Embed
 draws from C1 or C2 with equal probability.
 """
 
@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-GROUPS = ("C1", "C2", "topk", "rank")   # group codes are indices into this tuple
-
+from mmtrain.data.negatives import Negative
 
 @dataclass(frozen=True)
 class Ranking:
@@ -36,14 +35,6 @@ class Ranking:
     positives: frozenset[int]    # labelled positive ids
     desired_modality: str        # the task's target modality
     positive_scores: tuple[float, ...] = ()   # the query's score with each labelled positive
-
-
-@dataclass(frozen=True)
-class Negative:
-    id: int
-    rank: int      # 1-based position in the ranking
-    score: float
-    group: str     # one of GROUPS
 
 
 @dataclass(frozen=True)

@@ -6,30 +6,28 @@ projected embeddings, with a missing part contributing zero. The query's instruc
 its text (``"{instruction} {query text}"``, so an image-only query still has text); candidates get no
 instruction. The vectors are L2-normalised on output (the loss normalises too; idempotent).
 
-A backbone is described by a cheap, picklable *spec* (``ClipSFBackbone``) with two builders:
-``build_processor()`` for the data side (runs in DataLoader workers) and ``build_encoder()`` for the
-model side (called in ``LightningModule.configure_model``, under the strategy). MLLM backbones follow
-the same contract.
+The spec (``ClipSFBackbone``) and the encoder (``ClipScoreFusion``) implement the encoder contract
+(mmtrain/models/encoder.py). An export is the CLIP model, tokenizer and image processor in one
+transformers directory (``model/``), so loading it needs no hub.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers.models.clip import CLIPImageProcessorPil
 
-from mmtrain.config import TinyClipConfig
 from mmtrain.data.schema import Item
+from mmtrain.models.config import ClipSFConfig, TinyClipConfig
+from mmtrain.models.encoder import Backbone, decode_image
 
 
-# The shape is defined once, with the config schemas (mmtrain/config.py, light to import at composition).
+# The shape is defined once, with the config schemas (mmtrain/models/config.py, light to import).
 TinyClip = TinyClipConfig
 
 
@@ -62,7 +60,7 @@ class ClipSFProcessor:
         tok = self.tokenizer([t for _, t in texts], padding=True, truncation=True,
                              max_length=self.max_text_length, return_tensors="pt")
         if images:
-            pil = [Image.open(io.BytesIO(b)).convert("RGB") for _, b in images]
+            pil = [decode_image(b) for _, b in images]
             pixels = self.image_processor(pil, return_tensors="pt")["pixel_values"]
         else:
             pixels = torch.zeros(1, 3, size["height"], size["width"])
@@ -76,13 +74,18 @@ class ClipSFProcessor:
             "num_items": torch.tensor(len(items)),
         }
 
+    def save_pretrained(self, path: str | Path) -> None:
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
 
 class ClipScoreFusion(nn.Module):
     """The CLIP_SF encoder: ``encode_queries`` / ``encode_candidates`` -> unit vectors (n, d)."""
 
-    def __init__(self, clip: CLIPModel):
+    def __init__(self, clip: CLIPModel, backbone: ClipSFBackbone):
         super().__init__()
         self.clip = clip
+        self.backbone = backbone      # the spec: plain attributes, not a module
         # The temperature belongs to the loss (fixed or learnable there, initialised from config);
         # CLIP's own logit_scale would be an unused parameter, which DDP rejects.
         clip.logit_scale.requires_grad_(False)
@@ -95,7 +98,8 @@ class ClipScoreFusion(nn.Module):
         n = int(inputs["num_items"])
         text = _as_tensor(self.clip.get_text_features(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]))
-        image = _as_tensor(self.clip.get_image_features(pixel_values=inputs["pixel_values"]))
+        pixels = inputs["pixel_values"].to(self.clip.dtype)
+        image = _as_tensor(self.clip.get_image_features(pixel_values=pixels))
         out = text.new_zeros(n, text.shape[-1])
         for emb, index in ((text, inputs["text_index"]), (image, inputs["image_index"])):
             real = index >= 0
@@ -108,30 +112,60 @@ class ClipScoreFusion(nn.Module):
     encode_queries = embed
     encode_candidates = embed
 
+    def split_inputs(self, inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+        """Chunks of items ``start..start+size``: each tower's rows of those items, re-indexed from 0,
+        with the processor's dummy row (index -1) where a chunk has no text or no image."""
+        n = int(inputs["num_items"])
+        chunks = []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            chunk = {"num_items": torch.tensor(stop - start)}
+            for index_key, keys in (("text_index", ("input_ids", "attention_mask")),
+                                    ("image_index", ("pixel_values",))):
+                index = inputs[index_key]
+                rows = ((index >= start) & (index < stop)).nonzero().flatten()
+                if len(rows):
+                    chunk[index_key] = index[rows] - start
+                else:  # any row will do as the dummy: it is multiplied by zero
+                    rows = torch.zeros(1, dtype=torch.long, device=index.device)
+                    chunk[index_key] = torch.full_like(rows, -1)
+                chunk.update({k: inputs[k][rows] for k in keys})
+            chunks.append(chunk)
+        return chunks
+
+    def save_export(self, out: Path) -> tuple[dict[str, Any], list[str]]:
+        self.clip.save_pretrained(out / "model")
+        self.backbone.build_processor().save_pretrained(out / "model")
+        return {**self.backbone.describe(), "pretrained": "model", "tokenizer": None, "tiny": None}, ["model"]
+
+    def load_export(self, path: Path) -> None:
+        """Nothing: ``model/`` holds every weight and ``build_encoder`` loaded it."""
+
+    def save_merged(self, out: Path, dtype: torch.dtype) -> dict[str, Any]:
+        self.clip.to(dtype).save_pretrained(out)
+        self.backbone.build_processor().save_pretrained(out)
+        return {**self.backbone.describe(), "pretrained": out.name, "tokenizer": None, "tiny": None}
+
 
 def _as_tensor(output: Any) -> torch.Tensor:
     # transformers 5 returns an output object whose projected embedding is `pooler_output`.
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class ClipSFBackbone:
-    """Spec of a CLIP_SF backbone: a hub id / local path, or a tiny from-scratch shape.
+class ClipSFBackbone(Backbone):
+    """Spec of a CLIP_SF backbone (settings: ``ClipSFConfig``): a hub id / local path, or a tiny
+    from-scratch shape.
 
     ``pretrained``: e.g. ``openai/clip-vit-large-patch14`` or a local directory (model, tokenizer
     and image processor are loaded from it). ``tokenizer``: a tokenizer directory for from-scratch
     models (the toy world writes one). ``trust_remote_code`` is passed only when the user sets it.
-    A plain class rather than a dataclass: Hydra would turn a dataclass argument into a config node.
     """
 
-    def __init__(self, pretrained: str | None = None, tokenizer: str | None = None,
-                 tiny: TinyClip | Mapping | None = None, max_text_length: int = 77,
-                 trust_remote_code: bool = False):
-        self.pretrained = pretrained
-        self.tokenizer = tokenizer
-        self.tiny = TinyClip(**tiny) if isinstance(tiny, Mapping) else tiny  # dict or DictConfig
-        self.max_text_length = max_text_length
-        self.trust_remote_code = trust_remote_code
-        if pretrained is None and (self.tiny is None or tokenizer is None):
+    schema = ClipSFConfig
+
+    def __init__(self, **settings: Any):
+        super().__init__(**settings)
+        if self.pretrained is None and (self.tiny is None or self.tokenizer is None):
             raise ValueError("ClipSFBackbone needs `pretrained` (hub id or path), or `tiny` + `tokenizer`")
 
     def _tokenizer(self):
@@ -150,7 +184,7 @@ class ClipSFBackbone:
     def build_encoder(self) -> ClipScoreFusion:
         if self.pretrained is not None:
             clip = CLIPModel.from_pretrained(self.pretrained, trust_remote_code=self.trust_remote_code)
-            return ClipScoreFusion(clip)
+            return ClipScoreFusion(clip, self)
         tok, t = self._tokenizer(), self.tiny
         text = CLIPTextConfig(
             vocab_size=len(tok), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
@@ -163,4 +197,5 @@ class ClipSFBackbone:
             image_size=t.image_size, patch_size=t.patch_size, projection_dim=t.projection_dim)
         config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
                             projection_dim=t.projection_dim)
-        return ClipScoreFusion(CLIPModel(config))
+        return ClipScoreFusion(CLIPModel(config), self)
+

@@ -14,22 +14,11 @@ restore it with the LoRA weights, and ``merge_and_unload`` folds both into the b
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-LLM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class LoraSettings:
-    r: int = 8                       # MM-Embed §5.1, mmE5 §4.1
-    alpha: int = 64                  # MM-Embed §5.1 (mmE5 script too)
-    dropout: float = 0.1             # mmE5 script; MM-Embed does not say (unconfirmed)
-    target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEAR))
-    use_dora: bool = False           # mmE5's script trains DoRA
-    init_lora_weights: bool | str = True   # True: B = 0 (peft default); "gaussian" (mmE5); False: random B
+from mmtrain.models.config import LoraSchema
 
 
 def lora_target_regex(language_model_prefix: str, target_modules: list[str]) -> str:
@@ -38,7 +27,7 @@ def lora_target_regex(language_model_prefix: str, target_modules: list[str]) -> 
     return rf"{re.escape(language_model_prefix)}\..*\.({names})"
 
 
-def apply_lora(model: torch.nn.Module, settings: LoraSettings, language_model_prefix: str,
+def apply_lora(model: torch.nn.Module, settings: LoraSchema, language_model_prefix: str,
                modules_to_save: list[str]) -> PeftModel:
     """Wrap ``model`` with LoRA on its language model; ``modules_to_save`` (the projector) train in
     full. peft freezes everything else, vision tower included."""
@@ -54,16 +43,3 @@ def freeze_except(model: torch.nn.Module, trainable_prefixes: list[str]) -> None
     """Without LoRA: train only the modules under ``trainable_prefixes`` (e.g. the projector)."""
     for name, param in model.named_parameters():
         param.requires_grad_(any(name == p or name.startswith(p + ".") for p in trainable_prefixes))
-
-
-def trainable_report(module: torch.nn.Module) -> dict[str, int]:
-    """Parameter counts: total, trainable, and trainable by kind (lora / projector copy / other)."""
-    out = {"total": 0, "trainable": 0, "lora": 0, "modules_to_save": 0, "other": 0}
-    for name, p in module.named_parameters():
-        out["total"] += p.numel()
-        if not p.requires_grad:
-            continue
-        out["trainable"] += p.numel()
-        kind = "lora" if "lora_" in name else "modules_to_save" if "modules_to_save" in name else "other"
-        out[kind] += p.numel()
-    return out

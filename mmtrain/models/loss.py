@@ -109,7 +109,7 @@ class ContrastiveLoss(torch.nn.Module):
             positive ids (except its target); needs ``positive_ids``.
     """
 
-    def __init__(self, temperature: float = 0.02, learnable_temperature: bool = False,
+    def __init__(self, temperature: float = 0.05, learnable_temperature: bool = False,
                  max_logit_scale: float = 100.0, hard_negatives: str = "shared",
                  gather: bool = True, mask_false_negatives: bool = True) -> None:
         super().__init__()

@@ -15,23 +15,11 @@ Every head returns unnormalised vectors; the encoder L2-normalises.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class PoolingSettings:
-    """Which head, and the latent-attention shape (NV-Embed-v1 ``LatentAttentionConfig``)."""
-
-    kind: str = "last"               # last | mean | latent_attention
-    num_latents: int = 512
-    num_heads: int = 8
-    head_dim: int | None = None      # None: the LLM hidden size (NV-Embed: cross_dim_head = 4096)
-    ff_mult: int = 4
-    mask_instruction: bool = True    # exclude instruction tokens from mean / latent pooling
+from mmtrain.models.config import PoolingConfig
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -138,7 +126,7 @@ class LatentAttentionPooling(nn.Module):
         return masked_mean(hidden, attention_mask if pool_mask is None else pool_mask)
 
 
-def build_pooling(settings: PoolingSettings, hidden_size: int) -> nn.Module:
+def build_pooling(settings: PoolingConfig, hidden_size: int) -> nn.Module:
     builders = {
         "last": lambda: LastTokenPooling(),
         "mean": lambda: MeanPooling(),

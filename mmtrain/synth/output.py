@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mmtrain.io import atomic_write_text
 from mmtrain.data.convert.core import Cand, Converted, ImageRef, Query, content_did, modality_of, stable_hash
 from mmtrain.data.convert.writer import write_converted
 from mmtrain.data.schema import task_id_for
@@ -140,12 +141,6 @@ def _rejection(r: dict[str, Any]) -> dict[str, Any]:
             "last_response_excerpt": r["last_response_excerpt"], "failures": r["failures"], "config": r["config"]}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def finish(cfg: DictConfig, store: PartStore, corpus: ImageCorpus, generator: Any, embedder: Any) -> dict[str, Any]:
     """One pass over the finished records: counts, rejections, and (when nothing is pending and the
     shards are not up to date) the queries for the shards. A later run with a smaller num_samples reports
@@ -164,7 +159,7 @@ def finish(cfg: DictConfig, store: PartStore, corpus: ImageCorpus, generator: An
             rejected.append(_rejection(r))
         elif build:
             queries.append(to_query(r, corpus, cfg.seed, f"sample {r['index']}"))
-    _atomic_text(store.out / REJECTED, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
+    atomic_write_text(store.out / REJECTED, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
     if queries:
         shards = write_shards(queries, store, cfg.seed, cfg.output)
     manifest: dict[str, Any] = {
@@ -176,7 +171,7 @@ def finish(cfg: DictConfig, store: PartStore, corpus: ImageCorpus, generator: An
             "dir": SHARDS, "queries": sum(e["count"] for e in shards["sources"].values()),
             "sources": {k: e["count"] for k, e in shards["sources"].items()}},
     }
-    _atomic_text(store.out / SYNTH_MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    atomic_write_text(store.out / SYNTH_MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
     print(summary(manifest, store.out))
     return manifest
 

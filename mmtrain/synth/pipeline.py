@@ -27,13 +27,8 @@ from tqdm import tqdm
 from mmtrain.data.convert.core import ImageRef, encode_image
 from mmtrain.synth.configure import Configurator, SampleConfig
 from mmtrain.synth.corpus import ImageCorpus
-from mmtrain.synth.generators import (
-    ChatRequest,
-    GenerationTimeout,
-    ImagePart,
-    SampleGenerationError,
-    TransientGenerationError,
-)
+from mmtrain.synth.generators import (ChatRequest, GenerationTimeout, ImagePart, SampleGenerationError,
+                                      TransientGenerationError)
 from mmtrain.synth.languages import language_weights
 from mmtrain.synth.output import finish
 from mmtrain.synth.prompts import IMAGE_LABEL, prompt_version, render

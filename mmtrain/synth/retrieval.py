@@ -16,10 +16,8 @@ the embedder) and answers "the k nearest other images" with the evaluator's exac
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mmtrain.io import atomic_save
 from mmtrain.synth.corpus import ImageCorpus
 
 log = logging.getLogger(__name__)
@@ -84,12 +83,13 @@ class EncoderEmbedder:
         import torch
         from hydra.utils import instantiate
 
-        from mmtrain.evaluate import EXPORT_FILE, load_encoder, load_export
+        from mmtrain.checkpoint import is_export, load_encoder, load_export
 
         with torch.random.fork_rng(devices=[]):  # a from-scratch encoder is the same on every run
             torch.manual_seed(self.seed)
-            if self.ckpt is not None and (Path(self.ckpt) / EXPORT_FILE).is_file():
-                backbone, encoder, _ = load_export(self.ckpt)
+            if is_export(self.ckpt):
+                encoder = load_export(self.ckpt)
+                backbone = encoder.backbone
             else:
                 backbone = instantiate(self.model)
                 encoder = load_encoder(backbone, self.ckpt)
@@ -97,19 +97,17 @@ class EncoderEmbedder:
         self._encoder, self._processor = encoder.to(device).eval(), backbone.build_processor()
         self._device = torch.device(device)
 
-    def embed(self, files: list[Path]) -> np.ndarray:
-        import torch
-
+    def embed(self, files: list[Path], chunk: int = 4096) -> np.ndarray:
         from mmtrain.data.schema import Item
+        from mmtrain.models.encoder import encode_items
 
         if self._encoder is None:
             self._load()
-        out = []
-        for start in range(0, len(files), self.batch_size):
-            items = [Item(None, Path(f).read_bytes(), "image") for f in files[start:start + self.batch_size]]
-            batch = {k: v.to(self._device) if torch.is_tensor(v) else v for k, v in self._processor(items).items()}
-            with torch.inference_mode():
-                out.append(self._encoder.encode_candidates(batch).float().cpu().numpy())
+        # Chunks of files: the image bytes of a whole corpus need not fit in memory at once.
+        out = [encode_items(self._encoder, self._processor, [Item(None, Path(f).read_bytes(), "image")
+                                                             for f in files[i:i + chunk]],
+                            query=False, batch_size=self.batch_size, device=self._device).numpy()
+               for i in range(0, len(files), chunk)]
         return _unit_rows(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -157,11 +155,7 @@ class NeighbourIndex:
             raise ValueError(f"the embedder returned {emb.shape[0]} rows for {len(files)} images")
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            np.save(buf, emb)
-            tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(buf.getvalue())
-            os.replace(tmp, cache)
+            atomic_save(cache, lambda tmp: np.save(tmp, emb))
         self._emb, self.computed = emb, True
         return emb
 

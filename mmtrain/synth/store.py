@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mmtrain.io import atomic_write_text
+
 PARTS, INDEX, RUN, LOCK = "parts", "done.jsonl", "run.json", ".lock"
 _PART = re.compile(r"^part-(\d{6,})\.jsonl$")
 
@@ -55,15 +57,6 @@ class RunLock:
             os.close(self._fd)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class PartStore:
     def __init__(self, out: str | Path, flush_every: int = 32, flush_seconds: float = 30.0):
         self.out = Path(out)
@@ -81,7 +74,7 @@ class PartStore:
         identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
         if not path.is_file():
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, json.dumps(identity, indent=1, sort_keys=True))
+            atomic_write_text(path, json.dumps(identity, indent=1, sort_keys=True))
             return
         before = json.loads(path.read_text())
         changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
@@ -148,7 +141,7 @@ class PartStore:
                     self._apply(status, where, int(i), state, path.name)
         if unindexed or len(indexed) != len(lines):  # new entries, or a torn line to drop
             ordered = sorted([*indexed.values(), *unindexed], key=lambda e: int(_PART.match(e["part"])[1]))
-            _atomic_write(index_path, "".join(json.dumps(e) + "\n" for e in ordered))
+            atomic_write_text(index_path, "".join(json.dumps(e) + "\n" for e in ordered))
         self.status = status
         return dict(status)
 
@@ -187,7 +180,7 @@ class PartStore:
         path = self.parts_dir / f"part-{self._next_part:06d}.jsonl"
         self._next_part += 1
         records, self.buffer = self.buffer, []
-        _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         entry = {"part": path.name, "accepted": [r["index"] for r in records if r["status"] == "accepted"],
                  "rejected": [r["index"] for r in records if r["status"] == "rejected"]}
         with open(self.out / INDEX, "a", encoding="utf-8") as f:

@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from mmtrain.data.convert import convert
-from mmtrain.data.convert.toy_layouts import write_toy_layout
-from mmtrain.data.toy_world import generate_toy_world
+from mmtrain.toy.layouts import write_toy_layout
+from mmtrain.toy.world import generate_toy_world
 from mmtrain.train import train
 
 SMALL = dict(n_train=20, n_val=6, n_test=6, n_distractors=2, captions_per_image=2, beir_passages=30,

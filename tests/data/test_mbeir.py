@@ -13,12 +13,13 @@ from mmtrain.data.mbeir import (
     MBeirFormatError,
     check_image,
     discover_query_files,
-    load_mbeir,
+    instruction_key,
     read_instructions,
     read_pool,
     read_qrels,
     read_queries,
 )
+from mmtrain.data.mbeir_tree import load_mbeir
 
 COCO_TRAIN = "query/train/mbeir_mscoco_train.jsonl"
 NIGHTS_TRAIN = "query/train/mbeir_nights_train.jsonl"
@@ -45,6 +46,17 @@ def test_instructions_follow_uniir(root: Path) -> None:
         "5, image,text, text": [
             "Retrieve a Wikipedia paragraph that provides an answer to the given query about the image."],
     }
+
+
+def test_instruction_key_is_one_rule_for_both_spellings(tmp_path: Path) -> None:
+    """The query's dataset id and the modalities as records spell them; M-BEIR's task-5 spelling
+    ``text,image`` names the same candidate modality as ``image,text``."""
+    assert instruction_key(5, "image,text", "text") == "5, image,text, text"
+    assert instruction_key("2", "text", "text,image") == "2, text, image,text"
+    tsv = tmp_path / "query_instructions.tsv"
+    tsv.write_text("query_modality\tcand_modality\tdataset\tdataset_id\tprompt_1\n"
+                   "text\ttext,image\tWebQA\t2\tFind a passage with its picture.\t\n")
+    assert read_instructions(tsv) == {"2, text, image,text": ["Find a passage with its picture."]}
 
 
 def test_read_queries_literals(root: Path) -> None:

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from mmtrain.data import toy_scenes as ts
+from mmtrain.toy import scenes as ts
 from mmtrain.data.collate import TrainCollator
-from mmtrain.data.perturb import (BatchPerturber, CaptionSwapper, RobustSettings, SwapVocabulary,
-                                  derive_vocabulary, mix_pixels, patch_box, patch_pixels)
+from mmtrain.data.perturb import BatchPerturber, mix_pixels, patch_box, patch_pixels
+from mmtrain.data.robust import RobustConfig
 from mmtrain.data.schema import Item, TrainExample, format_string
+from mmtrain.data.swap_vocabulary import CaptionSwapper, SwapVocabulary, derive_vocabulary
 
 EXPERIMENT = Path(__file__).parents[2] / "conf" / "experiment" / "toy_clip_sf_rococo.yaml"
 GROUPS = yaml.safe_load(EXPERIMENT.read_text())["robust"]["sc"]["groups"]
@@ -115,15 +116,15 @@ def test_vocabulary_file_and_inline_groups(tmp_path):
             "sc": {"weights": {"same_concept": 1.0, "diff_concept": 0.0, "rand_voca": 1.0}, "tasks": [3],
                    "groups": None, "vocabulary_file": str(path), "random_words": None},
             "vc": {"weights": {"mix": 0.0, "patch": 0.0}, "tasks": [0], "lam_min": 0.5, "lam_max": 0.9}}
-    vocab = RobustSettings.from_config(base).build_vocabulary(None)
+    vocab = RobustConfig.from_config(base).build_vocabulary(None)
     assert vocab.groups["animal"] == (("dog", "puppy"), ("cat",)) and vocab.random_words == ("idea",)
     # inline groups, random words derived from the training captions
     inline = base | {"sc": base["sc"] | {"vocabulary_file": None, "groups": {"animal": ["dog", "cat"]}, "min_count": 1}}
-    vocab = RobustSettings.from_config(inline).build_vocabulary(["a dog sees a ball", "the cat and the ball"])
+    vocab = RobustConfig.from_config(inline).build_vocabulary(["a dog sees a ball", "the cat and the ball"])
     assert set(vocab.random_words) == {"dog", "sees", "ball", "cat"}
     both = base | {"sc": base["sc"] | {"groups": {"animal": ["dog"]}}}
     with pytest.raises(ValueError, match="not both"):
-        RobustSettings.from_config(both).build_vocabulary(None)
+        RobustConfig.from_config(both).build_vocabulary(None)
 
 
 # ---------------------------------------------------------------- images
@@ -161,8 +162,8 @@ def _image_examples(n: int = 6) -> list[TrainExample]:
     return out
 
 
-def _settings(weights: dict[str, float], lam=(0.7, 0.7)) -> RobustSettings:
-    return RobustSettings.from_config({
+def _settings(weights: dict[str, float], lam=(0.7, 0.7)) -> RobustConfig:
+    return RobustConfig.from_config({
         "enabled": True, "form": "softmax", "margin": 0.2,
         "sc": {"weights": {k: weights.get(k, 0.0) for k in ("same_concept", "diff_concept", "rand_voca")},
                "tasks": [3], "groups": GROUPS, "random_words": ["house"]},

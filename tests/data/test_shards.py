@@ -1,4 +1,5 @@
-"""Shard writer: members and json read back with plain ``tarfile``, eval loaders, manifest, atomicity."""
+"""M-BEIR through the shard writer (``convert("mbeir")``): members and json read back with plain
+``tarfile``, eval loaders, manifest, caching, races, staleness."""
 
 from __future__ import annotations
 
@@ -12,17 +13,21 @@ from pathlib import Path
 import pytest
 from mbeir_fixture import TRAIN_SIZES, write_mbeir_fixture
 
-import mmtrain.data.shards as shards_mod
-from mmtrain.data.mbeir import MBeirFormatError
-from mmtrain.data.shards import (
-    ensure_mbeir_shards,
-    iter_samples,
-    load_eval_queries,
-    load_pool,
-    shard_sizes,
-    stale_source_files,
-    write_mbeir_shards,
-)
+import mmtrain.data.convert.mbeir as mbeir_reader_mod
+import mmtrain.data.convert.writer as writer_mod
+from mmtrain.data.convert import ConversionError, convert, ensure_converted
+from mmtrain.data.convert.writer import shard_sizes
+from mmtrain.data.shards import iter_samples, load_eval_queries, load_pool, stale_source_files
+
+
+# M-BEIR goes through the one shard writer; skip_invalid = any share of bad records may be skipped.
+def write_mbeir_shards(root: Path, out: Path, skip_invalid: bool = False, **kw) -> dict:
+    return convert("mbeir", out, root=root, max_bad=1.0 if skip_invalid else 0.0, workers=1, **kw)
+
+
+def ensure_mbeir_shards(root: Path, out: Path, rebuild_stale: bool = False, **kw) -> dict:
+    return ensure_converted(out, "mbeir", root=root, rebuild_stale=rebuild_stale, workers=1, **kw)
+
 
 COCO0_INSTRUCTIONS = ["Identify the image showcasing the given everyday scene.", "Find a picture of the caption."]
 
@@ -183,24 +188,30 @@ def test_ensure_warns_when_cached_settings_differ(built, caplog: pytest.LogCaptu
     assert "samples_per_shard': (1000, 5)" in caplog.text
 
 
-def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_no_conversion_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed write leaves no manifest (no reader takes it for shards) and no half-written file;
+    the next call finishes the conversion."""
     root = write_mbeir_fixture(tmp_path / "mbeir")
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(shards_mod, "_query_sample", boom)
+    real = writer_mod._query_sample
+    monkeypatch.setattr(writer_mod, "_query_sample", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         ensure_mbeir_shards(root, tmp_path / "out", splits=("val",))
-    assert sorted(os.listdir(tmp_path)) == ["mbeir"]  # neither out nor out.tmp-<pid>
+    assert sorted(os.listdir(tmp_path)) == ["mbeir", "out"]  # no sibling temporary directory
+    assert not (tmp_path / "out/manifest.json").exists() and not list((tmp_path / "out").rglob("*.tmp-*"))
+    monkeypatch.setattr(writer_mod, "_query_sample", real)
+    assert ensure_mbeir_shards(root, tmp_path / "out", splits=("val",))["sources"]["val/mscoco_task0"]["count"] == 3
 
 
 def test_ensure_returns_the_winner_of_a_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another process finishes first while we convert: our os.replace fails and we read its result."""
+    """Another process finishes first while we convert: we read its result."""
     root = write_mbeir_fixture(tmp_path / "mbeir")
     out = tmp_path / "out"
     winner = {"schema_version": 1, "sources": {}, "pools": {}, "note": "the other process"}
-    real_load = shards_mod.load_mbeir
+    real_load = mbeir_reader_mod.load_mbeir
 
     def load_then_lose_race(*args, **kwargs):
         data = real_load(*args, **kwargs)
@@ -208,7 +219,7 @@ def test_ensure_returns_the_winner_of_a_race(tmp_path: Path, monkeypatch: pytest
         (out / "manifest.json").write_text(json.dumps(winner))
         return data
 
-    monkeypatch.setattr(shards_mod, "load_mbeir", load_then_lose_race)
+    monkeypatch.setattr(mbeir_reader_mod, "load_mbeir", load_then_lose_race)
     assert ensure_mbeir_shards(root, out, splits=("val",)) == winner
     assert sorted(os.listdir(tmp_path)) == ["mbeir", "out"]
 
@@ -216,9 +227,9 @@ def test_ensure_returns_the_winner_of_a_race(tmp_path: Path, monkeypatch: pytest
 def test_invalid_input_and_skip_invalid(tmp_path: Path) -> None:
     root = write_mbeir_fixture(tmp_path / "mbeir")
     (root / "mbeir_images/oven_images/val/1.jpg").unlink()  # query 5:3001
-    with pytest.raises(MBeirFormatError, match="missing_image=1"):
+    with pytest.raises(ConversionError, match="missing_image: 1"):
         write_mbeir_shards(root, tmp_path / "out", splits=("val",))
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out/manifest.json").exists()
     manifest = write_mbeir_shards(root, tmp_path / "out", splits=("val",), skip_invalid=True)
     assert manifest["sources"]["val/oven_task6"]["count"] == 1
     assert manifest["skipped_counts"] == {"missing_image": 1}

@@ -13,8 +13,8 @@ from mbeir_fixture import TRAIN_SIZES, write_mbeir_fixture
 from torch.utils.data import DataLoader
 
 import mmtrain.data.stream as stream_mod
+from mmtrain.data.convert import convert
 from mmtrain.data.schema import TrainExample
-from mmtrain.data.shards import write_mbeir_shards
 from mmtrain.data.stream import TrainStream
 
 TOTAL = sum(TRAIN_SIZES.values())
@@ -30,7 +30,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shards(tree: Path) -> Path:
     """Every source has >= 4 shards: 2 ranks x 2 workers split by shard."""
     out = tree.parent / "shards"
-    write_mbeir_shards(tree, out, splits=("train",))
+    convert("mbeir", out, root=tree, splits=("train",), workers=1)
     return out
 
 
@@ -38,7 +38,7 @@ def shards(tree: Path) -> Path:
 def one_shard_each(tree: Path) -> Path:
     """One shard per source: 2 ranks x 2 workers must fall back to the sample split."""
     out = tree.parent / "shards1"
-    write_mbeir_shards(tree, out, splits=("train",), min_shards_per_source=1)
+    convert("mbeir", out, root=tree, splits=("train",), min_shards_per_source=1, workers=1)
     return out
 
 

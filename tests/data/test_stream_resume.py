@@ -143,7 +143,7 @@ def test_rotation_of_own_negatives_per_pass(tmp_path: Path, rank, monkeypatch: p
 # -- the stream's state in the datamodule's checkpoint state ---------------------------------------------
 def datamodule(tree: Path, shard_dir: Path, **kw) -> RetrievalDataModule:
     settings = dict(batch_size=3, seed=13, num_workers=2, shuffle_buffer=4) | kw
-    return RetrievalDataModule(None, str(tree), str(shard_dir), **settings)
+    return RetrievalDataModule(None, mbeir_root=str(tree), shard_dir=str(shard_dir), **settings)
 
 
 def attach(dm: RetrievalDataModule, global_step: int, accumulate: int = 2, world_size: int = 1):

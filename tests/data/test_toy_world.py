@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmtrain.data.toy_world import ensure_toy_world, generate_toy_world
+from mmtrain.toy.world import ensure_toy_world, generate_toy_world
 
 SMALL = dict(n_train=40, n_val=12, n_test=12, n_distractors=4, captions_per_image=2, passages_per_scene=3,
              beir_passages=60, beir_train=30, beir_test=10, vocab_size=600)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmtrain.eval.metrics import METRICS_VERSION, PairResult
-from mmtrain.eval.report import format_table, write_report
+from mmtrain.eval.report import format_table, pair_report, write_report
 
 
 @pytest.fixture()
@@ -52,12 +52,12 @@ def test_write_report_files(results, tmp_path):
     backend_before = dict.__getitem__(matplotlib.rcParams, "backend")
     out = tmp_path / "report"
     extra = {"model": "tiny-clip", "steps": np.int64(1000), "pool": Path("/data/pool")}
-    paths = write_report(results, out, title="demo run", extra=extra)
+    paths = write_report(pair_report(results, "demo run"), out, extra=extra)
 
-    assert set(paths) == {"json", "md", "png"}
+    assert set(paths) == {"results.json", "results.md", "results.png"}
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]
 
-    data = json.loads(paths["json"].read_text())
+    data = json.loads(paths["results.json"].read_text())
     assert data["title"] == "demo run" and data["metrics_version"] == METRICS_VERSION
     assert [PairResult.from_dict(d) for d in data["pairs"]] == results
     assert data["extra"] == {"model": "tiny-clip", "steps": 1000, "pool": "/data/pool"}
@@ -65,15 +65,15 @@ def test_write_report_files(results, tmp_path):
     assert data["summary"]["headline"] == pytest.approx((0.712 + 0.262) / 2)
     assert data["summary"]["recall"]["5"] == pytest.approx((0.712 + 0.2) / 2)
 
-    md = paths["md"].read_text()
+    md = paths["results.md"].read_text()
     assert md == format_table(results, title="demo run")
     assert "| t->i [0]" in md and "fashioniq" in md and "| mean" in md
 
-    png = paths["png"].read_bytes()
+    png = paths["results.png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    with Image.open(paths["png"]) as im:
+    with Image.open(paths["results.png"]) as im:
         im.verify()
-    with Image.open(paths["png"]) as im:
+    with Image.open(paths["results.png"]) as im:
         assert im.width >= 600 and im.height >= 400
         # not a blank canvas: many distinct colours (bars, text, legend)
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 20
@@ -81,17 +81,36 @@ def test_write_report_files(results, tmp_path):
     assert dict.__getitem__(matplotlib.rcParams, "backend") == backend_before
 
     # a second write replaces the files in place and leaves no temporary files behind
-    write_report(results[:1], out, title="again")
+    write_report(pair_report(results[:1], "again"), out)
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]
-    assert json.loads(paths["json"].read_text())["title"] == "again"
+    assert json.loads(paths["results.json"].read_text())["title"] == "again"
 
 
 def test_write_report_bad_extra_leaves_no_partial_report(results, tmp_path):
     with pytest.raises(TypeError):
-        write_report(results, tmp_path, title="x", extra={"bad": object()})
+        write_report(pair_report(results, "x"), tmp_path, extra={"bad": object()})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_write_report_rejects_empty(tmp_path):
     with pytest.raises(ValueError):
-        write_report([], tmp_path, title="x")
+        pair_report([], "x")
+
+
+def test_every_results_json_has_the_same_keys(results, tmp_path):
+    """One schema: a benchmark's tables, a training split's pairs and a pool's pair report (subdirectory)."""
+    from mmtrain.eval.report import BenchmarkResult, Table
+
+    keys = {"benchmark", "title", "metrics_version", "headline", "metrics", "tables", "pairs", "summary", "extra"}
+    bench = BenchmarkResult("demo", "Demo", {"acc": 0.5}, [Table("t", ["a", "b"], [["x", 50.0]])],
+                            {"ours": {"x": 50.0}}, {"acc": 0.5}, pair_reports={"global": results})
+    paths = write_report(bench, tmp_path / "bench", {"run": 1})
+    written = json.loads(paths["results.json"].read_text())
+    pool = json.loads(paths["global/results.json"].read_text())
+    split = json.loads(write_report(pair_report(results, "split"), tmp_path / "split")["results.json"].read_text())
+    assert set(written) == set(pool) == set(split) == keys
+    assert written["pairs"] == [] and written["summary"] is None and written["tables"][0]["rows"] == [["x", 50.0]]
+    assert pool["extra"] == {"run": 1} and len(pool["pairs"]) == 2 and pool["summary"]["num_pairs"] == 2
+    assert split["headline"]["headline"] == pytest.approx((0.712 + 0.262) / 2)
+    assert (tmp_path / "bench" / "results.md").read_text().startswith("## Demo")
+    assert (tmp_path / "bench" / "global" / "results.md").read_text() == format_table(results, title="Demo: global")

@@ -128,3 +128,20 @@ def test_bad_inputs(gaussian):
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         exact_topk(bad, c, 3)
+
+
+def test_merge_of_chunk_results_equals_one_search_with_ties():
+    from mmtrain.eval.search import merge_topk
+
+    rng = np.random.default_rng(3)
+    # Few distinct values: many ties, which must go to the lower pool index across chunk borders.
+    cands = rng.integers(0, 3, size=(50, 4)).astype(np.float32)
+    queries = rng.integers(0, 3, size=(7, 4)).astype(np.float32)
+    bounds = [0, 13, 14, 40, 50]
+    parts = [exact_topk(queries, cands[a:b], 6) for a, b in zip(bounds, bounds[1:])]
+    scores, ids = merge_topk([s for s, _ in parts], [i + a for (_, i), a in zip(parts, bounds)], 6)
+    full = queries @ cands.T
+    for q in range(len(queries)):
+        expected = sorted(range(50), key=lambda c: (-full[q, c], c))[:6]
+        assert ids[q].tolist() == expected
+        np.testing.assert_allclose(scores[q], full[q, expected])

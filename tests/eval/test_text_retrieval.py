@@ -1,4 +1,5 @@
-"""nDCG@10 of the text set against pytrec_eval (trec_eval's ndcg_cut, what BEIR and MTEB call)."""
+"""nDCG@10 of the text set against pytrec_eval (trec_eval's ndcg_cut, what BEIR and MTEB call); an nDCG
+evaluation set scores through the one evaluator (EvalSet)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import pytrec_eval
 
 from mmtrain.data.schema import EvalQuery, Item
-from mmtrain.eval.text_retrieval import TextRetrievalEvaluator, ndcg_at_k
+from mmtrain.eval.metrics import ndcg_at_k
+from mmtrain.eval.retrieval import EvalSet
 
 
 def _pytrec_ndcg10(ranked: np.ndarray, relevant: list[list[int]]) -> np.ndarray:
@@ -38,10 +40,14 @@ def test_ndcg_hand_cases():
 def test_evaluator_searches_the_corpus():
     docs = [Item(f"doc {i}", None, "text", None, 100 + i) for i in range(12)]
     queries = [EvalQuery(Item(f"q {i}", None, "text", None, i), [100 + i], 1, "toybeir", 9) for i in range(12)]
-    ev = TextRetrievalEvaluator(docs, queries, name="toybeir")
+    ev = EvalSet("toybeir", docs, queries, metric="ndcg")
     eye = np.eye(12, dtype=np.float32)
-    assert ev.evaluate(eye, eye)["ndcg@10"] == pytest.approx(1.0)
+    result = ev.score(eye, eye)
+    assert result.summary["ndcg@10"] == pytest.approx(1.0) and result.pairs == []
+    assert result.summary | {"ndcg@10": 0} == {"name": "toybeir", "num_queries": 12, "corpus_size": 12,
+                                               "ndcg@10": 0, "hit_rate@12": 1.0}
     second = 0.5 * eye + np.roll(eye, 1, axis=1)  # query i finds document i+1 first, its own second
-    assert ev.evaluate(second, eye)["ndcg@10"] == pytest.approx(1 / np.log2(3))
-    with pytest.raises(ValueError, match="not in the corpus"):
-        TextRetrievalEvaluator(docs, [EvalQuery(queries[0].item, [999], 1, "toybeir", 9)])
+    assert ev.score(second, eye).summary["ndcg@10"] == pytest.approx(1 / np.log2(3))
+    assert ev.score(second, eye).scalars() == pytest.approx({"ndcg@10": 1 / np.log2(3), "hit_rate@12": 1.0})
+    with pytest.raises(ValueError, match="not in the searched pool"):
+        EvalSet("toybeir", docs, [EvalQuery(queries[0].item, [999], 1, "toybeir", 9)], metric="ndcg")

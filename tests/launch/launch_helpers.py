@@ -11,11 +11,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_WORLD = ["data.toy_world.n_train=48", "data.toy_world.n_val=12", "data.toy_world.n_test=12",
-               "data.toy_world.n_distractors=4", "data.toy_world.beir_passages=40",
-               "data.toy_world.beir_train=20", "data.toy_world.beir_test=10", "data.toy_world.vocab_size=600",
-               "data.samples_per_shard=16", "data.min_shards_per_source=2", "data.shuffle_buffer=16",
-               "data.eval_batch_size=64", "trainer.log_every_n_steps=1", "callbacks.progress=null",
+# debug=tiny: the small toy world every test shares (conf/debug/tiny.yaml); then quiet, fine-grained logs.
+SMALL_WORLD = ["debug=tiny", "data.eval_batch_size=64", "trainer.log_every_n_steps=1", "callbacks.progress=null",
                "trainer.enable_model_summary=false"]
 
 

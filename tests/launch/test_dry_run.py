@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from launch_helpers import run_cli, small
-from mmtrain.preflight import PreflightError, dry_run_pipeline
+from mmtrain.pipeline import dry_run_pipeline
+from mmtrain.preflight import PreflightError
 from mmtrain.train import train
 
 

@@ -11,8 +11,10 @@ import time
 import pytest
 import torch
 
+from mmtrain.checkpoint import is_complete_checkpoint
+from mmtrain.dist import rank_from_env
 from mmtrain.lightning.callbacks import AtomicCheckpointIO
-from mmtrain.run_dir import RunDir, RunDirBusy, global_rank_from_env, is_complete_checkpoint
+from mmtrain.run_dir import RunDir, RunDirBusy
 
 HOLD = ("import sys, time; from mmtrain.run_dir import RunDir; r = RunDir(sys.argv[1], rank=0); r.acquire(); "
         "print('held', flush=True); time.sleep(60)")
@@ -80,12 +82,12 @@ def test_wandb_id_is_created_once_and_read_back(tmp_path):
 
 @pytest.mark.parametrize("env, rank", [({}, 0), ({"RANK": "3"}, 3), ({"SLURM_PROCID": "2"}, 2),
                                        ({"LOCAL_RANK": "1"}, 1), ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, 1)])
-def test_global_rank_from_env(monkeypatch, env, rank):
+def test_rank_from_env(monkeypatch, env, rank):
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(var, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert global_rank_from_env() == rank
+    assert rank_from_env() == rank
 
 
 def save(path, step: int) -> None:
@@ -137,3 +139,14 @@ def test_lock_wait_is_not_needed_after_release(tmp_path):
         run.acquire()
         run.release()
     assert time.monotonic() - t0 < 1.0
+
+
+def test_run_layout_names_every_output(tmp_path):
+    run = RunDir(tmp_path / "r", rank=0)
+    assert run.last_checkpoint == tmp_path / "r" / "checkpoints" / "last.ckpt"
+    assert run.output("negatives") == tmp_path / "r" / "mining" / "table"
+    assert run.output("text_negatives") == tmp_path / "r" / "mining_text" / "table"
+    assert (run.config_file, run.results_file, run.summary_file) == (
+        tmp_path / "r" / "config.yaml", tmp_path / "r" / "results.json", tmp_path / "r" / "summary.json")
+    with pytest.raises(KeyError, match="unknown run output"):
+        run.output("negative")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from mmtrain.lightning.gradcache import GradCacheRetrievalModule, gradcache_backward
 from mmtrain.lightning.module import RetrievalModule
+from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
 from mmtrain.models.loss import ContrastiveLoss
 from mmtrain.models.mllm import LlavaNextBackbone, MllamaBackbone, Qwen2VLBackbone, TinyMLLM
 from test_gradcache_dist import rank_batch, tokenizer  # noqa: F401  (fixture)
@@ -108,13 +109,40 @@ def test_gradcache_equals_one_unchunked_forward(padding_side, mode, tokenizer):
     assert_all_close(gradcache(encoder, loss, batch, chunk=3), reference(encoder, loss, batch, chunk=None))
 
 
-def test_lightning_manual_optimisation_step(tokenizer):
+def build_clip(tokenizer: str):
+    backbone = ClipSFBackbone(tokenizer=tokenizer, tiny=TinyClip(), max_text_length=32)
+    torch.manual_seed(0)
+    return backbone.build_processor(), backbone.build_encoder().double().train()
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("mode", ["shared", "own"])
+def test_clip_sf_gradcache_equals_one_unchunked_forward(chunk, mode, tokenizer):
+    """CLIP_SF: chunks (some with no text or no image item: the dummy rows) vs one forward over the
+    whole batch."""
+    processor, encoder = build_clip(tokenizer)
+    batch = rank_batch(processor, 1)
+    pieces = [p for side in ("positive", "negative") for p in encoder.split_inputs(batch[side], chunk)]
+    assert any(p["text_index"].tolist() == [-1] for p in pieces) or chunk == 3
+    assert any(p["image_index"].tolist() == [-1] for p in pieces) or chunk == 3
+    loss = loss_fn(mode)
+    assert_all_close(gradcache(encoder, loss, batch, chunk=chunk), reference(encoder, loss, batch, chunk=None))
+
+
+def tiny_llava(tokenizer: str):
+    return LlavaNextBackbone(tokenizer=tokenizer, tiny=TinyMLLM(), dtype="float32",
+                             lora={"r": 4, "alpha": 8, "dropout": 0.0, "init_lora_weights": False})
+
+
+@pytest.mark.parametrize("make", [tiny_llava, lambda tok: ClipSFBackbone(tokenizer=tok, tiny=TinyClip())],
+                         ids=["llava_next", "clip_sf"])
+def test_lightning_manual_optimisation_step(make, tokenizer):
     """One step of GradCacheRetrievalModule under a Trainer with SGD(lr=1): the parameter change is
     the full-batch gradient (zero_grad, backward, step, scheduler wired the right way)."""
-    backbone = LlavaNextBackbone(tokenizer=tokenizer, tiny=TinyMLLM(), dtype="float32",
-                                 lora={"r": 4, "alpha": 8, "dropout": 0.0, "init_lora_weights": False})
+    backbone = make(tokenizer)
     batch = rank_batch(backbone.build_processor(), 0)
     ref = RetrievalModule(backbone, ContrastiveLoss(temperature=0.05), partial(torch.optim.SGD, lr=1.0))
+    torch.manual_seed(0)  # CLIP_SF's from-config weights come from the global generator
     ref.configure_model()
     ref.train()
     ref.training_step(batch, 0).backward()
@@ -122,6 +150,7 @@ def test_lightning_manual_optimisation_step(tokenizer):
 
     module = GradCacheRetrievalModule(backbone, ContrastiveLoss(temperature=0.05),
                                       partial(torch.optim.SGD, lr=1.0), lr_schedule="constant", chunk_size=3)
+    torch.manual_seed(0)
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,

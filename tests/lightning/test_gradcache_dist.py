@@ -183,7 +183,7 @@ def make_strategy(name: str):
 # ---------------------------------------------------------------------------- test side
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> str:
-    from mmtrain.models.tokenizer import train_bpe_tokenizer
+    from mmtrain.toy.tokenizer import train_bpe_tokenizer
     path = tmp_path_factory.mktemp("tok")
     corpus = ["a red circle on the left", "a blue square on the right", "find an image that matches"] * 8
     train_bpe_tokenizer(corpus, vocab_size=300).save_pretrained(path)

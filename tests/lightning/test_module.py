@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from mmtrain.data.schema import Item, TrainExample
 from mmtrain.lightning.module import RetrievalModule
 from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
 from mmtrain.models.loss import ContrastiveLoss
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,51 @@ def test_negatives_land_in_their_slots_and_train(backbone, mode):
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in module.encoder.parameters())
+
+
+class _Passthrough(torch.nn.Module):
+    """An encoder whose inputs are already the embeddings (the test chooses every score)."""
+
+    def encode_queries(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def encode_candidates(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_evaluation_batches_are_routed_by_set_and_side_not_by_position(backbone):
+    from types import SimpleNamespace
+
+    from mmtrain.data.schema import EvalQuery
+    from mmtrain.eval.retrieval import EvalSet
+
+    eye = torch.eye(4)
+    pool = EvalSet("pool", [Item(None, b"img", "image", None, 100 + i) for i in range(4)],
+                   [EvalQuery(Item(f"q{i}", None, "text", None, i), [100 + i], 0, "toy", 1) for i in range(4)])
+    text = EvalSet("beir", [Item(f"d{i}", None, "text", None, 200 + i) for i in range(12)],
+                   [EvalQuery(Item(f"t{i}", None, "text", None, i), [200 + i], 1, "beir", 9) for i in range(12)],
+                   metric="ndcg")
+    eye12 = torch.eye(12)
+    embeddings = {("pool", "candidate"): eye, ("pool", "query"): eye,
+                  ("text", "candidate"): eye12, ("text", "query"): 0.5 * eye12 + torch.roll(eye12, 1, dims=1)}
+    module = RetrievalModule(backbone, ContrastiveLoss(), partial(torch.optim.AdamW, lr=1e-3))
+    module.encoder = _Passthrough()
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    module.all_gather = lambda t: t
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(
+        POOL="pool", TEXT="text", test_split="test", eval_sets=lambda split: {"pool": pool, "text": text}))
+    # Halves of every side, interleaved, all from "dataloader 0": only the batch's own tags count.
+    for first in (False, True):
+        for (name, side), emb in reversed(embeddings.items()):
+            half = slice(0, len(emb) // 2) if first else slice(len(emb) // 2, None)
+            batch = {"inputs": emb[half], "index": torch.arange(len(emb))[half], "eval_set": name, "side": side}
+            module.test_step(batch, 0, dataloader_idx=0)
+    module.on_test_epoch_end()
+
+    results = module.eval_results["test"]
+    assert results["pool"].pairs[0].recall == {1: 1.0, 5: 1.0, 10: 1.0} and results["pool"].pairs[0].modality_acc == 1.0
+    assert results["text"].summary["ndcg@10"] == pytest.approx(1 / np.log2(3))   # own document second
+    assert logged["test/R@1"] == 1.0 and logged["test/R@5/toy_task0"] == 1.0
+    assert logged["test/text/ndcg@10"] == pytest.approx(1 / np.log2(3)) and logged["test/text/hit_rate@12"] == 1.0
+    assert not any(k.startswith("test/pool/") for k in logged) and module._eval_buffers == {}

@@ -18,10 +18,7 @@ from mmtrain.data.schema import TASKS
 from mmtrain.train import train
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_WORLD = ["data.toy_world.n_train=48", "data.toy_world.n_val=12", "data.toy_world.n_test=12",
-               "data.toy_world.n_distractors=4", "data.toy_world.beir_passages=40",
-               "data.toy_world.beir_train=20", "data.toy_world.beir_test=10", "data.toy_world.vocab_size=600",
-               "data.samples_per_shard=16", "data.min_shards_per_source=2", "data.shuffle_buffer=16"]
+SMALL_WORLD = ["debug=tiny"]  # the tests' shared small toy world and shards (conf/debug/tiny.yaml)
 
 
 def compose_small(tmp_path: Path, run_dir: Path, *extra: str):

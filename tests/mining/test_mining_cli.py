@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mmtrain.data.toy_world import ensure_toy_world
+from mmtrain.toy.world import ensure_toy_world
 from mmtrain.mining.miner import HardNegativeMiner
 from mmtrain.mining.rules import ModalityAwareRule
 from mmtrain.mining.table import NegativesTable

@@ -11,11 +11,10 @@ from hydra import initialize_config_module
 from mmtrain.mining.table import NegativesTable
 from mmtrain.pipeline import run_pipeline
 
-SMALL = ["data.toy_world.n_train=24", "data.toy_world.n_val=6", "data.toy_world.n_test=6",
-         "data.toy_world.n_distractors=2", "data.toy_world.beir_passages=20", "data.toy_world.beir_train=10",
-         "data.toy_world.beir_test=5", "data.toy_world.vocab_size=600", "data.samples_per_shard=16",
-         "data.min_shards_per_source=1", "data.shuffle_buffer=8", "data.batch_size=8", "data.num_workers=0",
-         "trainer.max_steps=4", "trainer.val_check_interval=4", "logger=csv", "callbacks.checkpoint.every_n_train_steps=2"]
+# debug=tiny: the tests' shared small toy world (conf/debug/tiny.yaml: 20 BEIR training queries,
+# 10 test queries, 40 passages).
+SMALL = ["debug=tiny", "data.batch_size=8", "data.num_workers=0", "trainer.max_steps=4", "trainer.val_check_interval=4",
+         "logger=csv", "callbacks.checkpoint.every_n_train_steps=2"]
 
 
 @pytest.mark.slow
@@ -46,13 +45,13 @@ def test_staged_pipeline(tmp_path):
     # The text set: mined with M_hard by the positive-aware rule, mixed into stage 3 with its table,
     # and scored (nDCG@10) after every stage.
     text = NegativesTable(root / "hard" / "mining_text" / "table")
-    assert text.meta["rule"] == "positive_aware" and len(text) == 10  # beir_train queries
+    assert text.meta["rule"] == "positive_aware" and len(text) == 20  # beir_train queries
     assert text.meta["pool"]["shard_dir"].endswith("_beir")
     continual_cfg = (root / "continual" / "config.yaml").read_text()
     assert str(root / "hard" / "mining_text" / "table") in continual_cfg and "train_weight: 1.0" in continual_cfg
     for s in stages:
         t = s["results"]["extra"]["text_retrieval"]
-        assert t["num_queries"] == 5 and t["corpus_size"] == 20 and 0.0 <= t["ndcg@10"] <= 1.0
+        assert t["num_queries"] == 10 and t["corpus_size"] == 40 and 0.0 <= t["ndcg@10"] <= 1.0
 
     report = (root / "pipeline.md").read_text()
     assert "| Task | Dataset | rand | hard | continual |" in report and "M.A.@1" in report

@@ -7,11 +7,12 @@ import itertools
 
 from mmtrain.data.convert import convert
 from mmtrain.data.mix import write_mix
+from mmtrain.data.negatives import NegativesTable
 from mmtrain.data.shards import load_pool
 from mmtrain.data.stream import TrainStream
 from mmtrain.mining.miner import HardNegativeMiner
 from mmtrain.mining.rules import ModalityAwareRule, PositiveAwareRule
-from mmtrain.mining.table import NegativesTable, write_table
+from mmtrain.mining.table import write_table
 
 from mining_helpers import HashEncoder, HashProcessor
 

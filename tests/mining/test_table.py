@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from mmtrain.mining.rules import Negative
-from mmtrain.mining.table import NegativesTable, merge_groups, sample_negatives, write_table
+from mmtrain.data.negatives import Negative, NegativesTable, sample_negatives
+from mmtrain.mining.table import merge_groups, write_table
 
 MINED = {
     7: [Negative(70, 1, 0.9, "C1"), Negative(71, 2, 0.8, "C1"), Negative(72, 47, 0.2, "C2")],

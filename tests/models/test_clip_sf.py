@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -10,9 +12,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmtrain.data.schema import Item
+import mmtrain
+from mmtrain.data.collate import TrainCollator
+from mmtrain.data.schema import Item, TrainExample
+from mmtrain.export import EXPORT_FILE, export
+from mmtrain.lightning.module import RetrievalModule
 from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.models.loss import ContrastiveLoss
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 CORPUS = ["a red circle on the left", "a blue square on the right", "find an image that matches",
           "retrieve the caption of this scene", "the same scene but green"] * 8
@@ -104,3 +111,37 @@ def test_load_by_local_path_round_trip(backbone, tmp_path):
 def test_spec_needs_a_source():
     with pytest.raises(ValueError, match="pretrained"):
         ClipSFBackbone(tokenizer=None, tiny=TinyClip())
+
+
+def test_export_then_load_encodes_like_the_trained_module(backbone, tmp_path):
+    """A CLIP_SF module after one SGD step exports (weights + tokenizer + image processor in one local
+    directory) and ``mmtrain.load(export).encode`` gives the module's own embeddings."""
+    module = RetrievalModule(backbone, ContrastiveLoss(temperature=0.05), partial(torch.optim.SGD, lr=0.5))
+    module.configure_model()
+    proc = backbone.build_processor()
+    examples = [TrainExample(Item("a red circle", jpeg(10 + i) if i % 2 else None, "x", instruction="find"),
+                             Item(None if i % 2 else "a blue square", jpeg(20 + i), "x", id=i), [], [i])
+                for i in range(4)]
+    module.train()
+    module.training_step(TrainCollator(proc)(examples), 0).backward()
+    with torch.no_grad():
+        for p in module.encoder.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+    encoder = module.encoder.eval()
+
+    out = export(encoder, tmp_path / "export", merged=True)
+    meta = json.loads((out / EXPORT_FILE).read_text())
+    assert meta["backbone"]["pretrained"] == "model" and meta["backbone"]["tiny"] is None
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+    embedder = mmtrain.load(out)
+    inputs = ["a red circle on the left", Image.open(io.BytesIO(jpeg(1))), ("a blue square", jpeg(2))]
+    items = [Item("a red circle on the left", None, "text"), Item(None, jpeg(1), "image"),
+             Item("a blue square", jpeg(2), "image,text")]
+    for instruction in (None, "find an image that matches"):
+        with torch.no_grad():
+            expected = encoder.encode_queries(proc([Item(i.text, i.image, i.modality, instruction) for i in items]))
+        got = embedder.encode(inputs, instruction=instruction, batch_size=2)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    merged = mmtrain.load(out, merged=True).encode(inputs)
+    assert torch.all(F.cosine_similarity(merged, embedder.encode(inputs), dim=-1) > 0.99)  # bf16 rounding only

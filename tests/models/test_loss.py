@@ -15,7 +15,7 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 def reference_loss(q, p, negs=None, neg_mask=None, pos_ids=None, neg_ids=None, qpos_ids=None,
-                   mode="shared", tau=0.02, mask=True):
+                   mode="shared", tau=0.05, mask=True):
     """-mean_i log(exp(s_i,target) / sum_j exp(s_ij)), one candidate at a time, in float64.
 
     Returns (loss, skipped): ``skipped`` holds (query, "pos", j) / (query, "neg", owner, k) for

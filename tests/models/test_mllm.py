@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmtrain.data.schema import Item
 from mmtrain.models.mllm import LlavaNextBackbone, MllamaBackbone, Qwen2VLBackbone, TinyMLLM
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 BACKBONES = {"llava_next": LlavaNextBackbone, "mllama": MllamaBackbone, "qwen2_vl": Qwen2VLBackbone}
 CORPUS = ["a red circle on the left", "a blue square on the right", "find an image that matches",
@@ -37,6 +37,7 @@ def jpeg(seed: int, h: int = 40, w: int = 48) -> bytes:
 
 def spec(name: str, tok: str, **kwargs):
     kwargs.setdefault("lora", LORA)
+    kwargs.setdefault("template", "mm_embed")  # mllama's schema default is mme5
     return BACKBONES[name](tokenizer=tok, tiny=TinyMLLM(), **kwargs)
 
 

@@ -17,7 +17,7 @@ import mmtrain
 from mmtrain.data.schema import Item
 from mmtrain.export import EXPORT_FILE, export, from_run
 from mmtrain.models.mllm import LlavaNextBackbone, MllamaBackbone, Qwen2VLBackbone
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 BACKBONES = {"llava_next": LlavaNextBackbone, "mllama": MllamaBackbone, "qwen2_vl": Qwen2VLBackbone}
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}

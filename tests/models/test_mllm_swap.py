@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 from mmtrain.models.mllm import LlavaNextBackbone, TinyMLLM
 from mmtrain.models.pooling import LatentAttentionPooling
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 POOL = {"kind": "latent_attention", "num_latents": 8, "num_heads": 2, "head_dim": 8}
 

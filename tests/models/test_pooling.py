@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtrain.models.pooling import (LastTokenPooling, LatentAttentionPooling, MeanPooling, PoolingSettings,
+from mmtrain.models.config import PoolingConfig
+from mmtrain.models.pooling import (LastTokenPooling, LatentAttentionPooling, MeanPooling,
                                     build_pooling, last_token_index)
 
 # Rows of length 6: 4, 6 and 1 real tokens.
@@ -80,7 +81,7 @@ def test_latent_attention_matches_a_hand_written_forward():
 
 def test_nv_embed_defaults_and_names():
     """512 latents, 8 heads, head width = hidden size (NV-Embed-v1), NV-Embed's parameter names."""
-    settings = PoolingSettings(kind="latent_attention")
+    settings = PoolingConfig(kind="latent_attention")
     assert (settings.num_latents, settings.num_heads, settings.head_dim) == (512, 8, None)
     head = build_pooling(settings, 32)
     assert head.latents.shape == (512, 32)
@@ -90,4 +91,4 @@ def test_nv_embed_defaults_and_names():
             "cross_attend_blocks.0.fn.to_out.weight", "cross_attend_blocks.0.norm_context.weight",
             "cross_attend_blocks.1.fn.net.0.weight", "cross_attend_blocks.1.fn.net.2.weight"} <= names
     with pytest.raises(ValueError, match="pooling.kind"):
-        build_pooling(PoolingSettings(kind="cls"), 8)
+        build_pooling(PoolingConfig(kind="cls"), 8)

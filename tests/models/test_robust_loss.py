@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from mmtrain.data.collate import TrainCollator
-from mmtrain.data.perturb import BatchPerturber, RobustSettings, SwapVocabulary
+from mmtrain.data.perturb import BatchPerturber
+from mmtrain.data.robust import RobustConfig
 from mmtrain.data.schema import Item, TrainExample
+from mmtrain.data.swap_vocabulary import SwapVocabulary
 from mmtrain.lightning.module import RetrievalModule
 from mmtrain.models.loss import ContrastiveLoss, ExtraNegatives
 
@@ -141,7 +143,7 @@ ROBUST = {"enabled": True, "form": "softmax", "margin": 0.2,
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     from mmtrain.models.clip_sf import ClipSFBackbone, TinyClip
-    from mmtrain.models.tokenizer import train_bpe_tokenizer
+    from mmtrain.toy.tokenizer import train_bpe_tokenizer
     path = tmp_path_factory.mktemp("tok")
     train_bpe_tokenizer(["a red circle a blue square a star disc find"] * 20, vocab_size=300).save_pretrained(path)
     return ClipSFBackbone(tokenizer=str(path), tiny=TinyClip(), max_text_length=16)
@@ -158,9 +160,9 @@ def _examples(image: bytes) -> list[TrainExample]:
 
 
 def test_module_adds_the_weighted_term_of_the_collated_negatives(backbone):
-    from mmtrain.data.toy_scenes import Obj, Scene, render
+    from mmtrain.toy.scenes import Obj, Scene, render
     image = render(Scene.make([Obj("circle", "red", "large", "center")], "black"))
-    settings = RobustSettings.from_config(ROBUST)
+    settings = RobustConfig.from_config(ROBUST)
     perturber = BatchPerturber(settings, settings.build_vocabulary(None), seed=0)
     processor = backbone.build_processor()
     batch = TrainCollator(processor, perturber=perturber)(_examples(image))
@@ -196,7 +198,7 @@ def test_off_module_rejects_extra_negatives_and_plain_batches_have_none(backbone
                              robust={"enabled": False})
     assert module.robust is None
     processor = backbone.build_processor()
-    from mmtrain.data.toy_scenes import Obj, Scene, render
+    from mmtrain.toy.scenes import Obj, Scene, render
     image = render(Scene.make([Obj("circle", "red", "large", "center")], "black"))
     plain = TrainCollator(processor)(_examples(image))
     assert "extra_negatives" not in plain
@@ -216,10 +218,10 @@ def test_gradcache_module_refuses_robust_training(backbone):
 
 def test_vocabulary_in_settings_is_plain_and_checked():
     with pytest.raises(ValueError, match="form"):
-        RobustSettings.from_config(ROBUST | {"form": "cube"})
+        RobustConfig.from_config(ROBUST | {"form": "cube"})
     with pytest.raises(ValueError, match="lam_min"):
-        RobustSettings.from_config(ROBUST | {"vc": ROBUST["vc"] | {"lam_min": 0.95}})
-    vocab = RobustSettings.from_config(ROBUST).build_vocabulary(None)
+        RobustConfig.from_config(ROBUST | {"vc": ROBUST["vc"] | {"lam_min": 0.95}})
+    vocab = RobustConfig.from_config(ROBUST).build_vocabulary(None)
     assert isinstance(vocab, SwapVocabulary) and vocab.synset_of["disc"] == ("shape", 0)
 
 
@@ -228,12 +230,12 @@ def test_derived_vocabulary_when_no_groups_are_given():
                                           "weights": {"same_concept": 1.0, "diff_concept": 1.0, "rand_voca": 0.0}}}
     texts = [f"a {c} {s} on the {p}" for c in ("red", "blue", "green") for s in ("circle", "square", "star")
              for p in ("left", "right")]
-    vocab = RobustSettings.from_config(cfg).build_vocabulary(texts)
+    vocab = RobustConfig.from_config(cfg).build_vocabulary(texts)
     group_of = {w: g for g, sets in vocab.groups.items() for s in sets for w in s}
     assert group_of["red"] == group_of["blue"] == group_of["green"]
     assert group_of["circle"] == group_of["star"] != group_of["red"]
     with pytest.raises(ValueError, match="no training captions"):
-        RobustSettings.from_config(cfg).build_vocabulary(None)
+        RobustConfig.from_config(cfg).build_vocabulary(None)
 
 
 @pytest.mark.slow
@@ -245,10 +247,7 @@ def test_training_run_with_robust_rococo_logs_every_term(tmp_path):
     from hydra import compose, initialize_config_module
 
     from mmtrain.train import train
-    small = ["data.toy_world.n_train=48", "data.toy_world.n_val=12", "data.toy_world.n_test=12",
-             "data.toy_world.n_distractors=4", "data.toy_world.beir_passages=40", "data.toy_world.beir_train=20",
-             "data.toy_world.beir_test=10", "data.toy_world.vocab_size=600", "data.samples_per_shard=16",
-             "data.min_shards_per_source=2", "data.shuffle_buffer=16", "robust.sc.min_count=1"]
+    small = ["debug=tiny", "robust.sc.min_count=1"]  # the tests' shared small toy world (conf/debug/tiny.yaml)
     with initialize_config_module("mmtrain.conf", version_base="1.3"):
         cfg = compose("config", overrides=[
             "+experiment=toy_clip_sf_rococo", f"paths.cache_dir={tmp_path}/cache", f"paths.run_dir={tmp_path}/run",

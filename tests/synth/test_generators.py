@@ -64,7 +64,7 @@ def tiny_llava(tmp_path_factory):
         LlavaProcessor,
     )
 
-    from mmtrain.models.tokenizer import train_bpe_tokenizer
+    from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_llava")
     tok = train_bpe_tokenizer(['{"sample": "a red square"}', "describe the image"] * 10, vocab_size=300,

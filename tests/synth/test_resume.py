@@ -74,6 +74,9 @@ def test_crash_while_writing_a_part(tmp_path, corpus_dir, monkeypatch):
         if Path(dst).name.startswith("part-"):
             parts_written.append(dst)
             if len(parts_written) == 2:
+                # A killed process leaves its temporary behind (an exception lets mmtrain.io remove
+                # it): keep a copy under a temporary's name, as the kill would.
+                os.link(src, Path(src).with_name(".part-killed.tmp-0.jsonl"))
                 raise OSError("disk vanished (injected)")
         return real_replace(src, dst)
 

@@ -96,7 +96,7 @@ def test_pixel_embedder(tmp_path):
 
 def test_encoder_embedder_with_a_tiny_clip(tmp_path, corpus_dir):
     """Any mmtrain encoder: a from-scratch tiny CLIP_SF, images encoded as candidates."""
-    from mmtrain.models.tokenizer import train_bpe_tokenizer
+    from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
     train_bpe_tokenizer(["a red image", "a blue image"] * 8, vocab_size=280).save_pretrained(tmp_path / "tok")
     spec = {"_target_": "mmtrain.models.clip_sf.ClipSFBackbone", "tokenizer": str(tmp_path / "tok"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import multiprocessing
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from mmtrain.data.mbeir import Problems, read_jsonl
+from mmtrain.data.mbeir import Problems, check_image, read_jsonl
 from mmtrain.data.schema import TASKS
 
 MAX_EXAMPLES_PER_KIND = 20
@@ -170,21 +169,14 @@ def image_ref(value: Any, image_root: Path) -> ImageRef | None:
 
 # -- images ---------------------------------------------------------------------------------------
 def check_image_ref(ref: ImageRef) -> tuple[str, str | None]:
-    """(key, None) when the image exists and decodes, else (key, reason). Decodes JPEGs at 1/8 scale:
-    every block is still read, so truncation and corruption show (as mbeir.check_image)."""
+    """(key, None) when the image exists and decodes, else (key, reason) (``mbeir.check_image``)."""
     try:
         raw = ref.read()
     except FileNotFoundError:
         return ref.key(), "missing"
     except OSError as e:
         return ref.key(), f"unreadable ({e})"
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            im.draft("RGB", (64, 64))
-            im.load()
-    except Exception as e:  # PIL raises many types for bad files
-        return ref.key(), f"undecodable ({type(e).__name__}: {e})"
-    return ref.key(), None
+    return ref.key(), check_image(None, raw)
 
 
 def encode_image(ref: ImageRef, max_short_side: int | None) -> tuple[bytes, bool]:

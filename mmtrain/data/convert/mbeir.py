@@ -1,4 +1,4 @@
-"""M-BEIR (data-formats.md §1) -> canonical records, through the validating reader ``mmtrain.data.mbeir``.
+"""M-BEIR (data-formats.md §1) -> canonical records, through the validating reader ``mmtrain.data.mbeir_tree``.
 
 The reader resolves and checks everything M-BEIR-specific (qid/did strings and their UniIR hashes,
 ``task_id`` derived when absent, instructions by UniIR's key, OVEN/InfoSeek cross-pool positives resolved
@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmtrain.data.convert.core import Cand, Converted, ConversionError, ImageRef, Query
-from mmtrain.data.mbeir import SPLITS, CandRecord, MBeirFormatError, load_mbeir
+from mmtrain.data.mbeir import SPLITS, CandRecord, MBeirFormatError
+from mmtrain.data.mbeir_tree import load_mbeir
 from mmtrain.data.schema import hash_did, hash_qid
 
 FAMILY = "mbeir"
@@ -56,6 +57,6 @@ def read_mbeir(root: str | Path, *, splits: tuple[str, ...] | list[str] = SPLITS
                 image = ImageRef(path=str(root / q.img_path)) if q.img_path else None
                 out.append(Query(q.qid, hash_qid(q.qid), src.dataset, src.task_id, q.text, image, q.modality,
                                  [pool[d] for d in dids], q.location, negatives=negatives,
-                                 instructions=q.instructions, language="en", dataset_id=q.dataset_id,
-                                 neg_dids=list(q.neg_dids) if split == "train" else None))
+                                 instructions=q.instructions, language="en", dataset_id=q.dataset_id))
+                # no neg_dids: every negative M-BEIR lists is inline
     return data

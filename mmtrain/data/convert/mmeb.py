@@ -23,18 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmtrain.data.convert.core import (
-    Cand,
-    Converted,
-    Query,
-    content_did,
-    image_ref,
-    modality_of,
-    read_rows,
-    stable_hash,
-    task_of,
-)
+from mmtrain.data.convert.core import (Cand, Converted, Query, content_did, image_ref, modality_of, read_rows,
+                                       stable_hash, task_of)
 from mmtrain.data.placeholders import neutralize
+from mmtrain.data.schema import shown_path
 
 FAMILY = "mmeb"
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
@@ -148,7 +140,7 @@ def read_train_tables(data: Converted, root: Path, image_root: Path, split: str,
     out = data.queries.setdefault("train", [])
     for subset, _, path in tables:
         data.files.append(path)
-        for index, (loc, row) in enumerate(read_rows(path, _shown(data.root, path), data)):
+        for index, (loc, row) in enumerate(read_rows(path, shown_path(data.root, path), data)):
             q = pair_row(data, row, loc, index, subset, image_root, **row_kw)
             if q is not None:
                 out.append(q)
@@ -163,7 +155,7 @@ def read_eval_tables(data: Converted, root: Path, image_root: Path) -> None:
         data.files.append(path)
         pool = data.pools.setdefault(split, {})
         out = data.queries.setdefault(split, [])
-        for index, (loc, row) in enumerate(read_rows(path, _shown(data.root, path), data)):
+        for index, (loc, row) in enumerate(read_rows(path, shown_path(data.root, path), data)):
             q = _eval_row(data, row, loc, index, task_name, image_root, pool)
             if q is not None:
                 out.append(q)
@@ -212,8 +204,3 @@ def read_mmeb(train_root: str | Path | None = None, eval_root: str | Path | None
     return data
 
 
-def _shown(root: Path, path: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmtrain.data.convert.core import Cand, Converted, Query, image_ref, modality_of, read_rows, stable_hash, task_of
+from mmtrain.data.schema import shown_path
 
 BEIR_SPLITS = {"train": "train", "dev": "val", "validation": "val", "val": "val", "test": "test"}
 
@@ -29,13 +30,6 @@ def _join(title: Any, text: Any) -> str:
     title = title.strip() if isinstance(title, str) else ""
     text = text.strip() if isinstance(text, str) else ""
     return f"{title} {text}".strip() if title else text
-
-
-def _shown(root: Path, path: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _doc(data: Converted, dataset: str, row: dict, loc: str, id_key: str, image_root: Path | None) -> Cand | None:
@@ -60,7 +54,7 @@ def _doc(data: Converted, dataset: str, row: dict, loc: str, id_key: str, image_
 def read_corpus(data: Converted, path: Path, dataset: str, id_key: str, image_root: Path | None) -> dict[str, Cand]:
     corpus: dict[str, Cand] = {}
     data.files.append(path)
-    for loc, row in read_rows(path, _shown(data.root, path), data):
+    for loc, row in read_rows(path, shown_path(data.root, path), data):
         c = _doc(data, dataset, row, loc, id_key, image_root)
         if c is None:
             continue
@@ -111,7 +105,7 @@ def read_beir(root: str | Path, *, dataset: str | None = None, language: str = "
 
 def _read_beir_qrels(data: Converted, path: Path, queries: dict, corpus: dict) -> dict[str, list[str]]:
     relevant: dict[str, list[str]] = {}
-    shown = _shown(data.root, path)
+    shown = shown_path(data.root, path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.rstrip("\n").split("\t")
@@ -151,7 +145,7 @@ def read_tevatron(*, train: str | Path | None = None, val: str | Path | None = N
         passages: dict[str, Cand] = {}  # legacy rows' inline passages (the eval pool when there is no corpus)
         data.files.append(path)
         out = data.queries.setdefault(split, [])
-        for loc, row in read_rows(path, _shown(root, path), data):
+        for loc, row in read_rows(path, shown_path(root, path), data):
             q = _tevatron_row(data, row, loc, dataset, lookup, passages, images, language)
             if q is not None:
                 out.append(q)

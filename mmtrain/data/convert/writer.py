@@ -1,11 +1,12 @@
-"""Bad-input policy, shard planning, the parallel restartable shard writer, and the manifest."""
+"""Bad-input policy, shard planning, the parallel restartable shard writer, and the manifest: the one
+place that writes shards (every source, M-BEIR and the toy world included, comes through here)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import partial
@@ -14,18 +15,10 @@ from typing import Any
 
 import webdataset as wds
 
-from mmtrain.data.convert.core import (
-    MAX_EXAMPLES_PER_KIND,
-    Cand,
-    ConversionError,
-    Converted,
-    Query,
-    _check_images,
-    _check_pools,
-    _pool_map,
-    encode_image,
-)
-from mmtrain.data.shards import MANIFEST, SCHEMA_VERSION, _file_info, shard_sizes
+from mmtrain.data.convert.core import (MAX_EXAMPLES_PER_KIND, Cand, ConversionError, Converted, Query, _check_images,
+                                       _check_pools, _pool_map, encode_image)
+from mmtrain.data.shards import MANIFEST, SCHEMA_VERSION, file_info, read_manifest
+from mmtrain.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 BAD_INPUT = "bad_input.json"
@@ -56,7 +49,7 @@ def enforce_threshold(data: Converted, out: Path, max_bad: float) -> dict[str, A
                         data.input_records, {k: v["count"] for k, v in report["kinds"].items()})
         return report
     out.mkdir(parents=True, exist_ok=True)
-    (out / BAD_INPUT).write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    atomic_write_json(out / BAD_INPUT, report)
     lines = [f"{data.family}: {report['skipped_records']} of {data.input_records} input records are bad "
              f"({100 * report['skipped_fraction']:.3g} %), above the threshold max_bad={max_bad}:"]
     for kind, entry in report["kinds"].items():
@@ -67,6 +60,15 @@ def enforce_threshold(data: Converted, out: Path, max_bad: float) -> dict[str, A
 
 
 # -- planning -------------------------------------------------------------------------------------
+def shard_sizes(count: int, samples_per_shard: int, min_shards: int) -> list[int]:
+    """Samples per shard: at most ``samples_per_shard`` each, at least ``min_shards`` shards when
+    there are that many samples (so ranks x workers can split by shard), sizes within one of each other."""
+    if count == 0:
+        return []
+    n = max(math.ceil(count / samples_per_shard), min(min_shards, count))
+    return [(k + 1) * count // n - k * count // n for k in range(n)]
+
+
 @dataclass
 class Job:
     """One shard: where it goes and what it holds."""
@@ -185,21 +187,19 @@ def write_job(job: Job, out: Path, max_side: int | None) -> dict[str, Any]:
     stats: Counter = Counter()
     final = out / job.rel
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as writer:  # bytes members, reproducible tars
-        for i, r in enumerate(job.records):
-            key = f"{job.first_key + i:09d}"
-            if job.kind == "pool":
-                writer.write(_pool_sample(key, r, job.family, max_side, stats))
-            else:
-                writer.write(_query_sample(key, r, job.split, job.family, max_side, stats))
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        with wds.TarWriter(str(tmp), encoder=False, mtime=0.0) as writer:  # bytes members, reproducible tars
+            for i, r in enumerate(job.records):
+                key = f"{job.first_key + i:09d}"
+                if job.kind == "pool":
+                    writer.write(_pool_sample(key, r, job.family, max_side, stats))
+                else:
+                    writer.write(_query_sample(key, r, job.split, job.family, max_side, stats))
     done = {"rel": job.rel, "fingerprint": job.fingerprint, "count": len(job.records),
             "bytes": final.stat().st_size, **stats}
     marker = _done_path(out, job.rel)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.with_suffix(".tmp").write_text(json.dumps(done))
-    os.replace(marker.with_suffix(".tmp"), marker)
+    atomic_write_json(marker, done)
     return done
 
 
@@ -220,7 +220,7 @@ def write_converted(data: Converted, out_dir: str | Path, *, samples_per_shard: 
     out = Path(out_dir)
     if (out / MANIFEST).exists():
         raise FileExistsError(f"{out} already holds a finished conversion ({MANIFEST}); remove it to redo it")
-    source_files = {_rel(data.root, p): _file_info(p) for p in data.files}
+    source_files = {_rel(data.root, p): file_info(p) for p in data.files}
     if check_images:
         _check_images(data, workers)
     _check_pools(data)
@@ -228,7 +228,7 @@ def write_converted(data: Converted, out_dir: str | Path, *, samples_per_shard: 
     salt = json.dumps([SCHEMA_VERSION, max_short_side, sorted((k, v["sha256"]) for k, v in source_files.items())])
     jobs, entries = plan(data, samples_per_shard, min_shards_per_source, salt)
     out.mkdir(parents=True, exist_ok=True)
-    for stray in out.rglob("*.tar.tmp-*"):  # half-written shards of a killed run: never listed anywhere
+    for stray in out.rglob("*.tmp-*"):  # half-written shards of a killed run: never listed anywhere
         stray.unlink()
     done = {j.rel: d for j in jobs if (d := _finished(out, j)) is not None}
     todo = [j for j in jobs if j.rel not in done]
@@ -255,9 +255,9 @@ def write_converted(data: Converted, out_dir: str | Path, *, samples_per_shard: 
         "bad_input": report, "max_bad": max_bad, "settings": settings or {},
         "source_files": source_files,
     }
-    tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    os.replace(tmp, out / MANIFEST)  # last: a manifest means a complete conversion
+    if (out / MANIFEST).exists():  # another process converted the same input meanwhile: its result stands
+        return read_manifest(out)
+    atomic_write_json(out / MANIFEST, manifest)  # last: a manifest means a complete conversion
     return manifest
 
 

@@ -21,8 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmtrain.eval.benchmarks.context import EvalContext
-from mmtrain.eval.benchmarks.results import BenchmarkResult, write_result
-from mmtrain.eval.report import _atomic_write_bytes
+from mmtrain.eval.report import BenchmarkResult, write_report
+from mmtrain.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,11 @@ def _report(cfg: DictConfig, run_dir: Path, results: dict[str, BenchmarkResult],
         extra = {"name": cfg.name, "benchmark": result.benchmark, "global_step": trainer.global_step,
                  "world_size": trainer.world_size, "after_training": True,
                  "eval": OmegaConf.to_container(cfg.eval.benchmarks[name], resolve=True)}
-        write_result(result, run_dir / "benchmarks" / name, extra)
+        write_report(result, run_dir / "benchmarks" / name, extra)
         sections.append(result.to_markdown())
     md = run_dir / "results.md"
     head = md.read_text() + "\n" if append and md.is_file() else ""
     text = head + "\n".join(sections)
-    _atomic_write_bytes(md, text.encode())
+    atomic_write_text(md, text)
     print("\n" + "\n".join(sections))
     print(f"benchmark reports: {', '.join(str(run_dir / 'benchmarks' / n) for n in results)}; table: {md}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext, LazyItems
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
+from mmtrain.eval.report import BenchmarkResult, Table, pct
 from mmtrain.eval.reranker import rerank_topk
 
 RANKS = (5, 10, 25, 50)

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from mmtrain.data.collate import ItemCollator
 from mmtrain.data.schema import Item
 from mmtrain.eval.embed_cache import CACHE_VERSION, EmbeddingCache, entry_key, fingerprint_items
-from mmtrain.eval.search import AUTO_FAISS_MIN_CANDIDATES, exact_topk
+from mmtrain.eval.search import AUTO_FAISS_MIN_CANDIDATES, exact_topk, merge_topk
+from mmtrain.models.encoder import encode_items
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,8 @@ class LazyItems(Sequence[Item]):
         return h.hexdigest()
 
 
-class _Rows(Dataset):
-    """``(global index, item)`` for the given indices (the index survives batching)."""
+class _Subset(Sequence[Item]):
+    """``items[indices[j]]`` at position j, read when asked (a lazy pool stays lazy)."""
 
     def __init__(self, items: Sequence[Item], indices: np.ndarray):
         self.items, self.indices = items, indices
@@ -81,9 +80,8 @@ class _Rows(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, j: int) -> tuple[int, Item]:
-        i = int(self.indices[j])
-        return i, self.items[i]
+    def __getitem__(self, j: int) -> Item:  # type: ignore[override]
+        return self.items[int(self.indices[j])]
 
 
 def shard_indices(n: int, world_size: int, rank: int) -> np.ndarray:
@@ -192,22 +190,12 @@ class EvalContext:
             self.barrier()  # the entry is complete before anyone may look for it again
         return emb
 
-    @torch.inference_mode()
     def _encode_rows(self, items: Sequence[Item], indices: np.ndarray, side: str) -> np.ndarray:
-        loader = DataLoader(_Rows(items, indices), batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.num_workers, collate_fn=ItemCollator(self.processor))
-        encode = self.encoder.encode_queries if side == "query" else self.encoder.encode_candidates
-        # "-true" precisions hold the weights in bf16/fp16: float inputs (pixels) must match them.
-        dtype = next((p.dtype for p in self.encoder.parameters() if p.is_floating_point()), torch.float32)
-        out = []
-        for batch in loader:
-            inputs = {k: (v.to(self.device, dtype=dtype) if v.is_floating_point() else v.to(self.device))
-                      if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
-            with self.fabric.autocast() if self.fabric is not None else contextlib.nullcontext():
-                emb = encode(inputs)
-            out.append(emb.float().cpu().numpy())
+        emb = encode_items(self.encoder, self.processor, _Subset(items, indices), query=side == "query",
+                           batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
+                           autocast=self.fabric.autocast if self.fabric is not None else contextlib.nullcontext)
         self.stats["encoded_items"] += len(indices)
-        return np.concatenate(out)
+        return emb.numpy()
 
     # ------------------------------------------------------------ search
     def search(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,11 +215,9 @@ class EvalContext:
         if lo < hi:
             s, i = exact_topk(queries, candidates[lo:hi], kk, backend=backend, block_size=self.search_block_size)
             scores[:, :s.shape[1]], ids[:, :s.shape[1]] = s, i + lo
-        all_s = np.concatenate(list(self._all_gather(scores)), axis=1)
-        all_i = np.concatenate(list(self._all_gather(ids)), axis=1)
-        order = np.lexsort((all_i, -all_s), axis=-1)[:, :kk]
+        out = merge_topk(list(self._all_gather(scores)), list(self._all_gather(ids)), kk)
         self.stats["search_seconds"] += time.perf_counter() - start
-        return np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
+        return out
 
     def row_ranks(self, queries: np.ndarray, candidates: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
         """Per row r: the rank of candidate ``rows[r][0]`` among ``rows[r]`` when query r scores them

@@ -21,9 +21,9 @@ import numpy as np
 
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext, LazyItems
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
 from mmtrain.eval.benchmarks.rococo import pre_caption
 from mmtrain.eval.metrics import hit_rate_at_k
+from mmtrain.eval.report import BenchmarkResult, Table, pct
 
 KS = (1, 5, 10)
 

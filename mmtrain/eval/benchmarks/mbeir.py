@@ -18,7 +18,6 @@ the global (union) pool, scored as UniIR scores them (evaluation.md §1).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -27,26 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from mmtrain.data.mbeir import (INSTRUCTIONS_FILE, discover_query_files, local_pool_path, pool_path,
+from mmtrain.data.mbeir import (INSTRUCTIONS_FILE, discover_query_files, instruction_key, local_pool_path, pool_path,
                                 qrels_path, read_instructions, read_pool, read_qrels, read_queries)
 from mmtrain.data.schema import TASK_NAMES, TASKS, EvalQuery, Item, hash_did, hash_qid
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext, LazyItems
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
 from mmtrain.eval.metrics import PairResult, evaluate_rankings, headline_k, hit_rate_at_k, summarize
+from mmtrain.eval.report import BenchmarkResult, Table, pct
 from mmtrain.eval.reranker import rerank_topk
+from mmtrain.io import file_sha256
 
 log = logging.getLogger(__name__)
 UNIIR_R10_PAIRS = {"fashion200k_task0", "fashion200k_task3", "fashioniq_task7"}  # metric list R@10/20/50
 ABSENT = "absent"  # modality placeholder of a qrel target kept under missing_qrels=keep (never retrieved)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Pair:
@@ -124,10 +116,7 @@ class MBeirBenchmark:
                 relevant = qrels.get(q.qid, [])
                 if not relevant:
                     raise ValueError(f"{path}: query {q.qid} has no qrels row with relevance > 0")
-                # UniIR's key: the query's own dataset id (never a positive's; OVEN points at InfoSeek).
-                key = f"{q.dataset_id}, {q.modality}, {c_mod}"
-                alt = f"{q.dataset_id}, {q.modality}, text,image" if c_mod == "image,text" else key
-                instr = self._instruction(prompts.get(key) or prompts.get(alt) or [], q.qid)
+                instr = self._instruction(prompts.get(instruction_key(q.dataset_id, q.modality, c_mod), []), q.qid)
                 rows.append((q.text or None, q.img_path, q.modality, instr, hash_qid(q.qid)))
                 queries.append(EvalQuery(Item(q.text or None, None, q.modality, instr, hash_qid(q.qid)),
                                          [hash_did(d) for d in relevant], task_id, dataset, q.dataset_id, q.qid))
@@ -221,7 +210,7 @@ class MBeirBenchmark:
         """SHA-256 of every query, qrels and pool file read (evaluation.md §0: record pool hashes)."""
         files = dict.fromkeys([f for p in pairs for f in p.files]
                               + [Path(f) for per_pool in pool_files.values() for f in per_pool.values()])
-        return {str(f.relative_to(self.root)): _sha256(f) for f in files}
+        return {str(f.relative_to(self.root)): file_sha256(f) for f in files}
 
     # ------------------------------------------------------------ report
     def _result(self, results: dict[str, list[PairResult]], meta: dict, files: dict[str, str]) -> BenchmarkResult:
@@ -345,7 +334,7 @@ class ToyBenchmark(MBeirBenchmark):
 
 def ensure_toy(ctx: EvalContext, toy_world: dict[str, Any]) -> Path:
     """Generate (or find) the toy world described by a ``data.toy_world`` node, rank 0 first."""
-    from mmtrain.data.toy_world import ensure_toy_world
+    from mmtrain.toy.world import ensure_toy_world
 
     toy = {k: v for k, v in toy_world.items() if v is not None}
     out_dir = toy.pop("dir")

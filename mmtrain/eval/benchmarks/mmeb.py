@@ -23,7 +23,7 @@ from mmtrain.data.placeholders import neutralize
 from mmtrain.data.schema import modality_of
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext, LazyItems
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
+from mmtrain.eval.report import BenchmarkResult, Table, pct
 
 MMEB_TASKS = tuple(paper.MMEB_APP_E)  # the 36 subsets, in the paper's order
 COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")

@@ -28,7 +28,7 @@ import numpy as np
 from mmtrain.data.schema import Item, modality_of
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
+from mmtrain.eval.report import BenchmarkResult, Table, pct
 
 log = logging.getLogger(__name__)
 

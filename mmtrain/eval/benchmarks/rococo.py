@@ -18,9 +18,7 @@ of area 1-lam from the partner, seeds 1, 10, 100 (torch and numpy seeded, same d
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,9 @@ from PIL import Image
 
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext, LazyItems
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
 from mmtrain.eval.embed_cache import fingerprint_items
+from mmtrain.eval.report import BenchmarkResult, Table, pct
+from mmtrain.io import atomic_dir, is_complete
 
 PERTURBATIONS = ("same_concept", "diff_concept", "rand_voca", "danger")
 KS = (1, 5, 10)
@@ -102,34 +101,30 @@ def generate_mixed(paths: list[Path], out_dir: Path, method: str, lam: float, se
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise ValueError("mixed images are saved by file name: names must be unique")
-    if (out_dir / ".complete").is_file():
+    if is_complete(out_dir):
         return [out_dir / n for n in names]
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        # The same loader as the reference (shuffle=True, batch 64): the same global-RNG draws, in order.
-        loader = torch.utils.data.DataLoader(range(len(paths)), batch_size=batch_size, shuffle=True)
-        for batch in loader:
-            x = torch.stack([_load_384(paths[int(i)]) for i in batch])
-            rand_index = torch.randperm(x.size(0))
-            if method == "patch":
-                x1, y1, x2, y2 = _rand_bbox(x.size(), lam)
-                x[:, :, x1:x2, y1:y2] = x[rand_index, :, x1:x2, y1:y2]
-            else:
-                x = lam * x + (1 - lam) * x[rand_index, :]
-            for j, i in enumerate(batch.tolist()):
-                _save_like_save_image(x[j], tmp / names[i])
-    np.random.set_state(np_state)
-    (tmp / ".complete").write_text(json.dumps({"method": method, "lam": lam, "seed": seed, "n": len(paths)}))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    marker = {"method": method, "lam": lam, "seed": seed, "n": len(paths)}
     try:
-        os.replace(tmp, out_dir)
-    except OSError:  # another process finished first: use its copy
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(out_dir, marker=marker) as tmp, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            # The same loader as the reference (shuffle=True, batch 64): the same global-RNG draws, in order.
+            loader = torch.utils.data.DataLoader(range(len(paths)), batch_size=batch_size, shuffle=True)
+            for batch in loader:
+                x = torch.stack([_load_384(paths[int(i)]) for i in batch])
+                rand_index = torch.randperm(x.size(0))
+                if method == "patch":
+                    x1, y1, x2, y2 = _rand_bbox(x.size(), lam)
+                    x[:, :, x1:x2, y1:y2] = x[rand_index, :, x1:x2, y1:y2]
+                else:
+                    x = lam * x + (1 - lam) * x[rand_index, :]
+                for j, i in enumerate(batch.tolist()):
+                    _save_like_save_image(x[j], tmp / names[i])
+    except FileExistsError:  # another process finished first: use its copy
+        pass
+    finally:
+        np.random.set_state(np_state)
     return [out_dir / n for n in names]
 
 

@@ -18,8 +18,8 @@ import numpy as np
 from mmtrain.eval.benchmarks import paper
 from mmtrain.eval.benchmarks.context import EvalContext, LazyItems
 from mmtrain.eval.benchmarks.mmeb import read_rows, row_ranks
-from mmtrain.eval.benchmarks.results import BenchmarkResult, Table, pct
 from mmtrain.eval.metrics import hit_rate_at_k
+from mmtrain.eval.report import BenchmarkResult, Table, pct
 
 KS = (1, 5, 10)
 

@@ -1,6 +1,6 @@
 """MLLM backbone specs: a cheap, picklable description with ``build_processor()`` (data side, in
 DataLoader workers) and ``build_encoder()`` (model side, called in ``LightningModule.configure_model``
-so the model is created under the strategy), the contract of mmtrain/models/clip_sf.py.
+so the model is created under the strategy), the contract of mmtrain/models/encoder.py.
 
 ``MLLMBackbone`` holds everything the three backbones share: loading by hub id or local path with
 transformers' Auto classes (``trust_remote_code`` only when set), tiny from-config variants (tests,
@@ -12,49 +12,33 @@ the few hooks below; nothing here branches on the backbone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 
-from mmtrain.config import TinyMLLMConfig
-from mmtrain.models.lora import LoraSettings, apply_lora, freeze_except
+from mmtrain.models.config import MLLMConfig, TinyMLLMConfig
+from mmtrain.models.encoder import Backbone
+from mmtrain.models.lora import apply_lora, freeze_except
 from mmtrain.models.mllm.encoder import MLLMEncoder, make_bidirectional, position_ids_from_mask
 from mmtrain.models.mllm.processor import MLLMProcessor
 from mmtrain.models.mllm.prompts import ImageStyle, build_template
 from mmtrain.models.mllm.swap import load_into
-from mmtrain.models.pooling import PoolingSettings, build_pooling
+from mmtrain.models.pooling import build_pooling
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# The shape is defined once, with the config schemas (mmtrain/config.py, light to import at composition).
+# The shape is defined once, with the config schemas (mmtrain/models/config.py, light to import).
 TinyMLLM = TinyMLLMConfig
 
 
-@dataclass
-class LLMSwapSettings:
-    """Replace the language model's weights (MM-Embed's NV-Embed-v1 variant), see swap.py."""
+class MLLMBackbone(Backbone):
+    """Base spec (settings: ``MLLMConfig``). Subclasses set ``schema`` and the class attributes and
+    implement ``tiny_config`` and ``hf_processor``."""
 
-    source: str                          # hub id or local dir, e.g. nvidia/NV-Embed-v1
-    prefix: str = ""                     # NV-Embed-v1: "embedding_model."
-    pooling_prefix: str | None = None    # NV-Embed-v1: "latent_attention_model." (latent pooling)
-    revision: str | None = None
-
-
-def _as(cls: type, value: Any) -> Any:
-    """A dataclass from a dict / DictConfig (Hydra passes nodes), None stays None."""
-    return cls(**dict(value)) if isinstance(value, Mapping) else value
-
-
-class MLLMBackbone:
-    """Base spec. Subclasses set the class attributes and implement ``tiny_config`` and
-    ``hf_processor``. A plain class, not a dataclass: Hydra would turn a dataclass argument into a
-    config node."""
-
+    schema = MLLMConfig
     name = "base"
     style = ImageStyle("<image>")
     special_tokens: tuple[str, ...] = ()        # added to an offline tokenizer for tiny models
@@ -67,44 +51,15 @@ class MLLMBackbone:
     per_image_keys: tuple[str, ...] = ()        # tensors with one row per image, not per item
     position_ids_from_mask = True               # False where the model derives them (Qwen2-VL M-RoPE)
 
-    def __init__(self, pretrained: str | None = None, tokenizer: str | None = None,
-                 tiny: TinyMLLM | Mapping | None = None, template: str = "mm_embed",
-                 instruction_prefix: str = "", query_prefix: str = "Query: ",
-                 pooling: PoolingSettings | Mapping | None = None,
-                 lora: LoraSettings | Mapping | None = None, bidirectional: bool = False,
-                 gradient_checkpointing: bool = False, dtype: str = "float32",
-                 attn_implementation: str = "sdpa", max_query_length: int = 128,
-                 max_candidate_length: int = 128, padding_side: str = "right",
-                 llm_swap: LLMSwapSettings | Mapping | None = None,
-                 trust_remote_code: bool = False, seed: int = 0):
-        if pretrained is None and (tiny is None or tokenizer is None):
+    def __init__(self, **settings: Any):
+        super().__init__(**settings)
+        if self.pretrained is None and (self.tiny is None or self.tokenizer is None):
             raise ValueError(f"{type(self).__name__} needs `pretrained` (hub id or path), or `tiny` + `tokenizer`")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        self.pretrained = pretrained
-        self.tokenizer = tokenizer
-        self.tiny = _as(TinyMLLM, tiny)
-        self.template = template
-        self.instruction_prefix = instruction_prefix
-        self.query_prefix = query_prefix
-        self.pooling = _as(PoolingSettings, pooling) or PoolingSettings()
-        lora = _as(LoraSettings, lora)
-        if lora is not None:
-            lora.target_modules = list(lora.target_modules)
-        self.lora = lora
-        self.bidirectional = bidirectional
-        self.gradient_checkpointing = gradient_checkpointing
-        self.dtype = dtype
-        self.attn_implementation = attn_implementation
-        self.max_query_length = max_query_length
-        self.max_candidate_length = max_candidate_length
-        self.padding_side = padding_side
-        self.llm_swap = _as(LLMSwapSettings, llm_swap)
-        self.trust_remote_code = trust_remote_code
-        self.seed = seed
-        build_template(template, instruction_prefix, query_prefix)  # fail early on a bad name
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        build_template(self.template, self.instruction_prefix, self.query_prefix)  # fail early on a bad name
 
     # ------------------------------------------------------------------ per-backbone hooks
     def tiny_config(self, tokenizer) -> PretrainedConfig:
@@ -218,18 +173,3 @@ class MLLMBackbone:
         else:  # no LoRA: the projector alone trains on the model side
             freeze_except(model, [self.projector])
         return MLLMEncoder(model, pooling, self)
-
-    def describe(self) -> dict[str, Any]:
-        """The constructor arguments, JSON-ready (export writes them; ``mmtrain.load`` rebuilds)."""
-        out = {k: getattr(self, k) for k in (
-            "pretrained", "tokenizer", "template", "instruction_prefix", "query_prefix", "bidirectional",
-            "gradient_checkpointing", "dtype", "attn_implementation", "max_query_length",
-            "max_candidate_length", "padding_side", "trust_remote_code", "seed")}
-        for key in ("tiny", "pooling", "lora", "llm_swap"):
-            value = getattr(self, key)
-            out[key] = asdict(value) if value is not None else None
-        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **out, **self.extra_args()}
-
-    def extra_args(self) -> dict[str, Any]:
-        """Subclass-specific constructor arguments, for ``describe``."""
-        return {}

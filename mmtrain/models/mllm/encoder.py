@@ -1,18 +1,28 @@
 """The MLLM bi-encoder: HF model (+ LoRA) -> last hidden states -> pooling head -> unit vectors.
 
-Same contract as CLIP_SF (mmtrain/models/clip_sf.py): ``encode_queries(inputs)`` and
+The encoder contract (mmtrain/models/encoder.py): ``encode_queries(inputs)`` and
 ``encode_candidates(inputs)`` return L2-normalised (n, d); the instruction is already in the query
 prompt, so both are the same function. The backbone spec supplies the per-backbone pieces
 (``model_inputs``, ``split_inputs``); this class has no backbone branches.
+
+Export layout (``save_export``): ``adapter/`` (peft: LoRA + the projector as ``modules_to_save``) or,
+without LoRA, ``projector.safetensors``; ``pooling.safetensors`` when the head has weights;
+``processor/`` (tokenizer + image processor); ``base/`` only when the base model cannot be fetched
+by its hub id (from-config tiny models, a swapped LLM).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from peft import PeftModel, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel
 
 if TYPE_CHECKING:
     from mmtrain.models.mllm.backbone import MLLMBackbone
@@ -89,3 +99,62 @@ class MLLMEncoder(nn.Module):
     def split_inputs(self, inputs: dict[str, Any], size: int) -> list[dict[str, Any]]:
         """Cut a processor batch into chunks of at most ``size`` items (GradCache)."""
         return self.backbone.split_inputs(inputs, size)
+
+    # ------------------------------------------------------------------ export
+    def save_export(self, out: Path) -> tuple[dict[str, Any], list[str]]:
+        spec, files = self.backbone.describe(), ["processor", "pooling.safetensors"]
+        if isinstance(self.model, PeftModel):
+            self.model.save_pretrained(out / "adapter")
+            files.append("adapter")
+        else:  # no LoRA: the projector is the only trained part of the model
+            _save(self.base_model.get_submodule(self.backbone.projector), out / "projector.safetensors")
+            files.append("projector.safetensors")
+        if not _save(self.pooling, out / "pooling.safetensors"):
+            files.remove("pooling.safetensors")
+        processor = self.backbone.build_processor()
+        processor.save_pretrained(out / "processor")
+        if self.backbone.is_tiny or self.backbone.llm_swap is not None:
+            base = AutoModel.from_config(self.base_model.config)
+            base.load_state_dict(_clean_base_state(self.base_model))
+            base.save_pretrained(out / "base")
+            processor.save_pretrained(out / "base")
+            spec.update(pretrained="base", tiny=None, llm_swap=None)
+            files.append("base")
+        spec["tokenizer"] = "processor"  # spec["lora"] stays: build_encoder makes the adapter's shape
+        return spec, files
+
+    def load_export(self, path: Path) -> None:
+        if isinstance(self.model, PeftModel) and (path / "adapter").is_dir():
+            result = set_peft_model_state_dict(self.model, load_peft_weights(str(path / "adapter")))
+            if result.unexpected_keys:
+                raise ValueError(f"{path / 'adapter'}: unexpected {result.unexpected_keys[:5]}")
+        elif (path / "projector.safetensors").is_file():
+            self.base_model.get_submodule(self.backbone.projector).load_state_dict(
+                load_file(str(path / "projector.safetensors")))
+        if (path / "pooling.safetensors").is_file():
+            self.pooling.load_state_dict(load_file(str(path / "pooling.safetensors")))
+
+    def save_merged(self, out: Path, dtype: torch.dtype) -> dict[str, Any]:
+        model = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
+        model.to(dtype).save_pretrained(out)
+        self.backbone.build_processor().save_pretrained(out)
+        return {**self.backbone.describe(), "pretrained": out.name, "tokenizer": out.name, "tiny": None,
+                "llm_swap": None, "lora": None}
+
+
+def _save(module: nn.Module, path: Path) -> bool:
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    if state:
+        save_file(state, str(path))
+    return bool(state)
+
+
+def _clean_base_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's own weights from under a peft wrapper: LoRA tensors dropped, the layers'
+    ``base_layer`` and the projector's ``original_module`` renamed back."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name or ".modules_to_save." in name:
+            continue
+        state[name.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
+    return state

@@ -22,6 +22,7 @@ from transformers import AutoProcessor, CLIPVisionConfig, LlavaNextConfig, Llava
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 
+from mmtrain.models.config import LlavaNextSchema
 from mmtrain.models.mllm.backbone import MLLMBackbone
 from mmtrain.models.mllm.prompts import ImageStyle
 
@@ -54,6 +55,7 @@ def global_view_features(model: nn.Module, pixel_values: torch.Tensor) -> list[t
 
 
 class LlavaNextBackbone(MLLMBackbone):
+    schema = LlavaNextSchema
     name = "llava_next"
     style = ImageStyle("<image>", "\n")     # MM-Embed: "<image>\n<text>"
     special_tokens = ("<image>",)
@@ -61,15 +63,6 @@ class LlavaNextBackbone(MLLMBackbone):
     vision_tower = "vision_tower"                # frozen
     model_input_keys = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
     per_image_keys = ("pixel_values", "image_sizes")
-
-    def __init__(self, *args: Any, global_view_only: bool = True,
-                 image_grid_pinpoints: list[list[int]] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.global_view_only = global_view_only
-        self.image_grid_pinpoints = [list(p) for p in image_grid_pinpoints] if image_grid_pinpoints else None
-
-    def extra_args(self) -> dict[str, Any]:
-        return {"global_view_only": self.global_view_only, "image_grid_pinpoints": self.image_grid_pinpoints}
 
     def _pinpoints(self) -> list[list[int]]:
         s = self.tiny.image_size

@@ -27,11 +27,13 @@ from transformers import AutoProcessor, MllamaConfig, MllamaProcessor
 from transformers.models.mllama import MllamaImageProcessorPil
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
 
+from mmtrain.models.config import MllamaSchema
 from mmtrain.models.mllm.backbone import MLLMBackbone
 from mmtrain.models.mllm.prompts import ImageStyle
 
 
 class MllamaBackbone(MLLMBackbone):
+    schema = MllamaSchema
     name = "mllama"
     style = ImageStyle("<|image|>", "")     # mmE5: "<|image|><|begin_of_text|>{instruction}\n..."
     special_tokens = ("<|image|>", "<|python_tag|>")  # MllamaProcessor looks both up
@@ -41,13 +43,6 @@ class MllamaBackbone(MLLMBackbone):
     expands_image_tokens = False
     model_input_keys = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids",
                         "aspect_ratio_mask", "cross_attention_mask")
-
-    def __init__(self, *args: Any, max_image_tiles: int = 4, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.max_image_tiles = max_image_tiles
-
-    def extra_args(self) -> dict[str, Any]:
-        return {"max_image_tiles": self.max_image_tiles}
 
     def tiny_config(self, tokenizer) -> MllamaConfig:
         t = self.tiny

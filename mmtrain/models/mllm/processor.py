@@ -21,21 +21,17 @@ Output: the HF processor's tensors (``input_ids``, ``attention_mask``, pixel ten
 
 from __future__ import annotations
 
-import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from PIL import Image
 
 from mmtrain.data.schema import Item
+from mmtrain.models.encoder import decode_image
 from mmtrain.models.mllm.prompts import Rendered, Template
 
 if TYPE_CHECKING:
     from mmtrain.models.mllm.backbone import MLLMBackbone
-
-
-def decode_image(data: bytes | Image.Image) -> Image.Image:
-    return data.convert("RGB") if isinstance(data, Image.Image) else Image.open(io.BytesIO(data)).convert("RGB")
 
 
 class MLLMProcessor:
@@ -44,6 +40,9 @@ class MLLMProcessor:
         self.tokenizer = hf_processor.tokenizer
         self.backbone = backbone
         self.template = template
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.hf_processor.save_pretrained(path)
 
     # ------------------------------------------------------------------ rendering
     def wrap(self, rendered: Rendered) -> tuple[str, int]:

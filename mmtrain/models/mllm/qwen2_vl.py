@@ -19,6 +19,7 @@ from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.processing_utils import ProcessorMixin
 
+from mmtrain.models.config import Qwen2VLSchema
 from mmtrain.models.mllm.backbone import MLLMBackbone
 from mmtrain.models.mllm.prompts import ImageStyle
 
@@ -40,6 +41,7 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
 
 
 class Qwen2VLBackbone(MLLMBackbone):
+    schema = Qwen2VLSchema
     name = "qwen2_vl"
     style = ImageStyle("<|vision_start|><|image_pad|><|vision_end|>", "")
     special_tokens = tuple(SPECIALS.values())
@@ -48,15 +50,6 @@ class Qwen2VLBackbone(MLLMBackbone):
     model_input_keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
     per_image_keys = ("image_grid_thw",)
     position_ids_from_mask = False
-
-    def __init__(self, *args: Any, min_pixels: int | None = None, max_pixels: int | None = None,
-                 **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.min_pixels = min_pixels    # VLM2Vec: 256*28*28
-        self.max_pixels = max_pixels    # VLM2Vec: 1280*28*28
-
-    def extra_args(self) -> dict[str, Any]:
-        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
 
     def tiny_config(self, tokenizer) -> Qwen2VLConfig:
         t = self.tiny

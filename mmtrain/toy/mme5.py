@@ -16,7 +16,7 @@ The toy tokenizer is byte-level BPE trained on the English toy texts, so the re-
 into short pieces the model has to learn from the multilingual part of the training data.
 
 **Toy labelled set** (``mme5_hardneg``, the layout of ``intfloat/mmE5-MMEB-hardneg``, data-formats.md
-§4): the toy world's MMEB-train tables (``convert/toy_layouts.py``) with ``neg_text`` /
+§4): the toy world's MMEB-train tables (``toy/layouts.py``) with ``neg_text`` /
 ``neg_image_path`` filled, as list literals like the release. mmE5 mines each MMEB subset with
 VLM2Vec-LoRA and keeps the 70th candidate of the ranking (App. B.2); the toy has no such model, so
 each row's negative is the ``negative_rank``-th most similar *other positive of the same subset* by
@@ -26,7 +26,7 @@ Scenes are unique in the toy world, so no mined negative is a false negative.
 **Toy synthetic set** (``mme5_synthetic``, the layout of ``intfloat/mmE5-synthetic``, §5): fresh
 scenes (not the toy world's), each giving a text->image (``T2I``) and an image->text (``I2T``)
 retrieval row, with the hard negative written with the sample as mmE5's generator does: the scene
-with one edit (a colour, shape, size, background or position changed: ``toy_scenes.make_edit``),
+with one edit (a colour, shape, size, background or position changed: ``scenes.make_edit``),
 its image for T2I and its caption for I2T. Instructions stay English (mmE5 App. C); the texts are in
 a language drawn per row (``language_weights``; English is the largest share, as in mmE5 Fig. 3).
 Only retrieval rows: the toy has no classification or VQA task.
@@ -35,21 +35,18 @@ Only retrieval rows: the toy has no classification or VQA task.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 import re
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmtrain.data import toy_scenes as ts
-from mmtrain.data.convert.toy_layouts import PLACEHOLDER, write_toy_layout
-from mmtrain.data.toy_text import INSTRUCTIONS
+from mmtrain.io import atomic_dir, read_marker
+from mmtrain.toy import scenes as ts
+from mmtrain.toy.layouts import PLACEHOLDER, write_toy_layout
+from mmtrain.toy.text import INSTRUCTIONS
 
 VERSION = 1
 TOY_LANGUAGES = ("en", "rev", "vowel", "cipher")
@@ -133,26 +130,13 @@ def kth_most_similar(vectors: np.ndarray, k: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- writers
-def _complete(out: Path, stamp: dict[str, Any]) -> bool:
-    marker = out / ".complete"
-    return marker.is_file() and json.loads(marker.read_text()) == stamp
-
-
 def _build_atomically(out: Path, stamp: dict[str, Any], build: Callable[[Path], None]) -> None:
     """Build into a sibling temporary directory, then rename it over ``out`` (a reader never sees a
     half-written set; a finished one with the same stamp is kept)."""
-    if _complete(out, stamp):
+    if read_marker(out) == stamp:
         return
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, overwrite=True, marker=stamp) as tmp:
         build(tmp)
-        (tmp / ".complete").write_text(json.dumps(stamp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:

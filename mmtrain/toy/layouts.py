@@ -21,18 +21,16 @@ carry no instruction, so none is written.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-from mmtrain.data.mbeir import SPLITS, MBeirData, load_mbeir
+from mmtrain.data.mbeir import SPLITS
+from mmtrain.data.mbeir_tree import MBeirData, load_mbeir
+from mmtrain.io import atomic_dir, is_complete
 
 TAGS = {0: "t2i", 1: "t2t", 2: "t2it", 3: "i2t", 4: "i2i", 6: "it2t", 7: "it2i", 8: "it2it"}
 PLACEHOLDER = "<|image_1|>\n"
-COMPLETE = ".complete"
 
 
 def _with_placeholder(text: str | None, image: str | None) -> str:
@@ -110,17 +108,12 @@ def write_toy_layout(layout: str, toy_world: str | Path, out: str | Path, *, see
         raise ValueError(f"layout must be mmeb or tevatron, got {layout!r}")
     mbeir_root = Path(toy_world) / "mbeir"
     out = Path(out).absolute()
-    if not (out / COMPLETE).exists():
+    if not is_complete(out):
         data = load_mbeir(mbeir_root, SPLITS, check_images=False)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         try:
-            _write_mmeb(data, tmp, seed) if layout == "mmeb" else _write_tevatron(data, tmp)
-            (tmp / COMPLETE).write_text(layout + "\n")
-            try:
-                os.replace(tmp, out)
-            except OSError:  # another process finished first: keep its copy
-                if not (out / COMPLETE).exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_dir(out, marker=layout) as tmp:
+                _write_mmeb(data, tmp, seed) if layout == "mmeb" else _write_tevatron(data, tmp)
+        except FileExistsError:  # another process finished first: keep its copy
+            if not is_complete(out):
+                raise
     return convert_kwargs(layout, out, mbeir_root)

@@ -22,16 +22,15 @@ import argparse
 import json
 import os
 import random
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mmtrain.data import toy_scenes as ts
 from mmtrain.data.schema import TASKS, format_string, hash_qid
-from mmtrain.data.toy_text import instructions_tsv, make_beir
-from mmtrain.models.tokenizer import train_bpe_tokenizer
+from mmtrain.io import atomic_dir, is_complete, remove_dir
+from mmtrain.toy import scenes as ts
+from mmtrain.toy.text import instructions_tsv, make_beir
+from mmtrain.toy.tokenizer import train_bpe_tokenizer
 
 VERSION = 1  # bump when the generator's output changes, so cached worlds are rebuilt
 DATASETS: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -263,14 +262,13 @@ def _build(tmp: Path, seed: int, sizes: ToySizes) -> dict:
     tok.save_pretrained(str(tmp / "tokenizer"))
     stats["tokenizer"] = {"vocab_size": len(tok), "eos_token_id": tok.eos_token_id}
     (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
-    (tmp / ".complete").write_text(json.dumps({"version": VERSION, "seed": seed}) + "\n", encoding="utf-8")
     return stats
 
 
 def _matches(out_dir: Path, seed: int, sizes: ToySizes) -> bool:
     """Whether ``out_dir`` holds a complete world made by this version with this seed and sizes."""
     try:
-        if not (out_dir / ".complete").exists():
+        if not is_complete(out_dir):
             return False
         stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -280,30 +278,15 @@ def _matches(out_dir: Path, seed: int, sizes: ToySizes) -> bool:
 
 def _generate(out_dir: Path, seed: int, sizes: ToySizes, accept_existing: bool) -> Path:
     out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside out_dir (same filesystem), so the final rename is atomic.
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
-    tmp.mkdir()
+    if accept_existing and not _matches(out_dir, seed, sizes):
+        remove_dir(out_dir)  # a world of other settings: generated data, regenerated
     try:
-        _build(tmp, seed, sizes)
-        for _ in range(5):
-            try:
-                os.replace(tmp, out_dir)  # succeeds when out_dir is absent or an empty directory
-                return out_dir
-            except OSError:
-                pass
-            if accept_existing and _matches(out_dir, seed, sizes):
-                return out_dir  # another process won the race with an identical world
-            trash = out_dir.parent / f".{out_dir.name}.old-{tag}"
-            try:
-                os.replace(out_dir, trash)
-            except FileNotFoundError:
-                continue
-            shutil.rmtree(trash, ignore_errors=True)
-        raise RuntimeError(f"could not install the toy world at {out_dir}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(out_dir, overwrite=not accept_existing, marker={"version": VERSION, "seed": seed}) as tmp:
+            _build(tmp, seed, sizes)
+    except FileExistsError:
+        if not _matches(out_dir, seed, sizes):
+            raise
+    return out_dir  # or another process won the race with an identical world
 
 
 def generate_toy_world(out_dir: str | os.PathLike, *, seed: int = 0, **sizes: int) -> Path:
