@@ -102,7 +102,8 @@ class _WeightsOnlyTorch:
     @staticmethod
     def load(*args: Any, **kwargs: Any) -> Any:
         import torch
-        return torch.load(*args, **{**kwargs, "weights_only": True})
+        kwargs.pop("weights_only", None)
+        return torch.load(*args, weights_only=True, **kwargs)
 
 
 def _deepspeed_state(path: Path) -> dict[str, Any]:
