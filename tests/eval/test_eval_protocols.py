@@ -243,3 +243,27 @@ def test_fg_enlarged_pool_and_original_alongside(tmp_path):
     assert drop[5] == pytest.approx(-50.0)  # T2I R@1: 50 - 100
     np.save(tmp_path / "obj.npy", np.array(names, dtype=object), allow_pickle=True)
     assert load_filenames(tmp_path / "obj.npy") == names
+
+
+class _CreatesAFile:
+    """Unpickling this runs ``open(path, "w")``: what a hostile FG filenames file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_fg_filenames_never_run_code_from_a_crafted_npy(tmp_path):
+    from mmtrain.eval.benchmarks.fg import load_filenames
+
+    victim = tmp_path / "created-by-the-npy"
+    crafted = tmp_path / "MSCOCO_FG_img_filenames.npy"
+    np.save(crafted, np.array([_CreatesAFile(victim)], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not an array of file names"):
+        load_filenames(crafted)
+    assert not victim.exists()
+    # the same file read the unsafe way would have created it (the test can fail)
+    np.load(crafted, allow_pickle=True)
+    assert victim.exists()

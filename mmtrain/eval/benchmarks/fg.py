@@ -14,6 +14,7 @@ shows. Captions are normalised with BLIP's ``pre_caption``.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,37 @@ from mmtrain.eval.report import BenchmarkResult, Table, pct
 KS = (1, 5, 10)
 
 
+class _StringArrayUnpickler(pickle.Unpickler):
+    """Unpickles only what ``np.save`` writes for an object array: the array's reconstruction from
+    numpy's own classes; the elements (str) need no class at all. Any other class (``os.system``, ...)
+    is refused, so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return super().find_class(module, name)
+
+
 def load_filenames(path: Path) -> list[str]:
-    """The pool's file names; a plain string array loads without pickle, an object array of str is
-    accepted only after checking every element is a str."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError:
-        arr = np.load(path, allow_pickle=True)
-        if arr.dtype != object or not all(isinstance(x, str) for x in arr.tolist()):
-            raise ValueError(f"{path}: expected an array of file names") from None
+    """The pool's file names: a plain string array (no pickle), or an object array of str read with
+    an unpickler that admits only numpy's array classes (numpy's own pickle loading is never used)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(f)
+        if dtype != object:
+            f.seek(0)
+            arr = np.load(f, allow_pickle=False)
+        else:
+            try:
+                arr = _StringArrayUnpickler(f).load()
+            except (pickle.UnpicklingError, AttributeError, EOFError) as e:
+                raise ValueError(f"{path}: not an array of file names ({e})") from None
+    if not isinstance(arr, np.ndarray) or not all(isinstance(x, str) for x in arr.tolist()):
+        raise ValueError(f"{path}: expected an array of file names")
     return [str(x) for x in arr.tolist()]
 
 
